@@ -1,0 +1,1 @@
+"""Job entry points: Beam pipelines (extract, embed) and PyTorch/CLI jobs (train, search)."""
