@@ -1,0 +1,269 @@
+"""Extraction benchmark: bare CNN14 vs the naive per-file loop vs the Beam pipeline, in one run.
+
+    python bench/bench_extract.py            # full run (about 10 minutes on 2 cores)
+    python bench/bench_extract.py --quick    # a smoke run with few files
+
+(a) the bare model on pre-decoded 10 s batches (eager/channels_last/torch.compile, several batch sizes);
+(b) the naive loop a user would write: decode one file (librosa.load at 32 kHz), one forward, repeat;
+(c) `python -m pipelines.extract` end to end on the local runner over >= 100 files of mixed formats;
+(d) peak RSS of the pipeline over a corpus that includes a 10-minute file.
+Each measurement that needs its own peak memory runs in a fresh subprocess. Results go to
+bench/results/extract.json; docs/benchmarks.md summarises them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+SR = 32000
+CLIP_S = 10.0
+
+
+def make_corpus(folder: Path, n_files: int, seconds: float = CLIP_S, long_file_s: float = 0.0) -> list[Path]:
+    """Write ``n_files`` 44.1 kHz stereo clips in WAV/FLAC/MP3/OGG rotation (and one long WAV if asked)."""
+    import soundfile as sf
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    sr = 44100
+    t = np.arange(int(seconds * sr)) / sr
+    formats = [("wav", "PCM_16"), ("flac", "PCM_16"), ("mp3", "MPEG_LAYER_III"), ("ogg", "VORBIS")]
+    paths = []
+    for i in range(n_files):
+        ext, subtype = formats[i % len(formats)]
+        f0 = 110.0 * (1 + i % 17)
+        tone = 0.3 * np.sin(2 * np.pi * f0 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 0.5 * t))
+        noise = 0.05 * rng.standard_normal((len(t), 2))
+        audio = (tone[:, None] + noise).astype(np.float32)
+        path = folder / f"clip_{i:04d}.{ext}"
+        sf.write(path, audio, sr, subtype=subtype)
+        paths.append(path)
+    if long_file_s:
+        n = int(long_file_s * sr)
+        long = (0.1 * rng.standard_normal(n)).astype(np.float32)
+        path = folder / "long_10min.wav"
+        sf.write(path, long, sr, subtype="PCM_16")
+        paths.append(path)
+    return paths
+
+
+def machine() -> dict:
+    """Where this ran."""
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# (a) bare model
+# --------------------------------------------------------------------------------------------
+
+
+def bare_model(checkpoint: str, variants: list[tuple[str, int]], reps: int) -> list[dict]:
+    """Clips/s and GFLOP/s of Cnn14Segments on random 10 s batches, per (variant, batch size)."""
+    import torch
+
+    from atr_core.cnn14 import load_cnn14, resolve_checkpoint
+    from atr_core.features import prepare_for_inference
+
+    info = resolve_checkpoint(checkpoint)
+    gflop = cnn14_gflop_per_clip(info)
+    out = []
+    for variant, bs in variants:
+        model = load_cnn14(info, "cpu")
+        model = prepare_for_inference(model, channels_last="cl" in variant, compile="compile" in variant)
+        x = torch.from_numpy(np.random.default_rng(0).uniform(-0.5, 0.5, (bs, int(CLIP_S * SR))).astype("f4"))
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            model(x)  # warm-up (and compilation)
+        first = time.perf_counter() - t0
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                model(x)
+            times.append(time.perf_counter() - t0)
+        med = float(np.median(times))
+        row = {
+            "variant": variant,
+            "batch": bs,
+            "first_call_s": round(first, 2),
+            "s_per_batch": round(med, 3),
+            "clips_per_s": round(bs / med, 3),
+            "gflop_per_s": round(gflop * bs / med, 1),
+        }
+        print("(a)", row, flush=True)
+        out.append(row)
+    return out
+
+
+def cnn14_gflop_per_clip(info) -> float:
+    """GFLOP (2 x MACs of conv/matmul) of one 10 s clip, counted by torch's FlopCounterMode."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from atr_core.cnn14 import load_cnn14
+
+    model = load_cnn14(info, "cpu")
+    x = torch.zeros(1, int(CLIP_S * SR))
+    counter = FlopCounterMode(display=False)
+    with counter, torch.inference_mode():
+        model(x)
+    return counter.get_total_flops() / 1e9
+
+
+# --------------------------------------------------------------------------------------------
+# (b) naive loop
+# --------------------------------------------------------------------------------------------
+
+
+def naive_loop(checkpoint: str, files: list[Path]) -> dict:
+    """What a user writes first: librosa.load one file at 32 kHz mono, one forward, repeat."""
+    import librosa
+    import torch
+
+    from atr_core.cnn14 import load_cnn14, resolve_checkpoint
+
+    model = load_cnn14(resolve_checkpoint(checkpoint), "cpu")
+    with torch.no_grad():  # warm-up on the first file (librosa's lazy imports, torch init)
+        model(torch.Tensor(librosa.load(files[0], sr=SR, mono=True)[0][None, :]))
+    t0 = time.perf_counter()
+    for f in files:
+        audio, _ = librosa.load(f, sr=SR, mono=True)
+        with torch.no_grad():
+            model(torch.Tensor(audio[None, :])).data.cpu().numpy()
+    wall = time.perf_counter() - t0
+    row = {"files": len(files), "wall_s": round(wall, 2), "clips_per_s": round(len(files) / wall, 3)}
+    print("(b)", row, flush=True)
+    return row
+
+
+# --------------------------------------------------------------------------------------------
+# (c), (d) the pipeline, in a subprocess
+# --------------------------------------------------------------------------------------------
+
+
+RSS_WRAPPER = """
+import json, resource, runpy, sys
+sys.argv = ["pipelines.extract"] + sys.argv[1:]
+try:
+    runpy.run_module("pipelines.extract", run_name="__main__")
+finally:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    sys.stderr.write("ATR_PEAK_RSS_KB=%d\\n" % peak)
+"""
+
+
+def pipeline_run(input_glob: str, output: Path, checkpoint: str, extra: list[str]) -> dict:
+    """Run the extract pipeline in a fresh process; wall time and that process's peak RSS."""
+    if output.exists():
+        shutil.rmtree(output)
+    cmd = [
+        sys.executable,
+        "-c",
+        RSS_WRAPPER,
+        f"--input={input_glob}",
+        f"--output={output}",
+        f"--cnn14_checkpoint={checkpoint}",
+        *extra,
+    ]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        print(proc.stdout[-3000:], proc.stderr[-3000:], file=sys.stderr)
+        raise SystemExit(f"pipeline failed with exit code {proc.returncode}")
+    marker = "ATR_PEAK_RSS_KB="
+    peak_kb = [int(line[len(marker) :]) for line in proc.stderr.splitlines() if line.startswith(marker)]
+    summary = {}
+    for s in sorted(output.glob("summary*.json")):
+        summary = json.loads(s.read_text())
+    peak_mb = round(peak_kb[-1] / 1024, 1)
+    return {"wall_s": round(wall, 2), "peak_rss_mb": peak_mb, "summary": summary, "args": extra}
+
+
+def main(argv: list[str] | None = None) -> None:
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=fmt)
+    parser.add_argument("--quick", action="store_true", help="tiny smoke run")
+    parser.add_argument("--files", type=int, default=120, help="files for the pipeline run (c)")
+    parser.add_argument("--naive_files", type=int, default=24)
+    parser.add_argument("--skip_compile", action="store_true", help="leave torch.compile out of (a)")
+    parser.add_argument("--pipeline_args", default="", help="extra flags for pipelines.extract in (c)")
+    args = parser.parse_args(argv)
+
+    from atr_core.cnn14 import save_random_checkpoint
+
+    work = Path(tempfile.mkdtemp(prefix="atr-bench-extract-"))
+    ckpt = work / "Cnn14_random.pth"
+    save_random_checkpoint(ckpt, seed=0)
+    n_files = 8 if args.quick else args.files
+    reps = 1 if args.quick else 3
+    files = make_corpus(work / "corpus", n_files)
+    results: dict = {"machine": machine(), "quick": args.quick}
+
+    variants = [("eager", 1), ("eager_cl", 4), ("eager_cl", 8)]
+    if not args.skip_compile and not args.quick:
+        variants += [("compile_cl", 8), ("compile_cl", 16)]
+    results["a_bare_model"] = bare_model(str(ckpt), variants, reps)
+    best_a = max(results["a_bare_model"], key=lambda r: r["clips_per_s"])
+    results["b_naive_loop"] = naive_loop(str(ckpt), files[: (4 if args.quick else args.naive_files)])
+
+    extra = args.pipeline_args.split() if args.pipeline_args else []
+    c = pipeline_run(str(work / "corpus" / "*"), work / "out_c", str(ckpt), extra)
+    clips = c["summary"].get("clips_ok", n_files)
+    c["clips"] = clips
+    c["clips_per_s"] = round(clips / c["wall_s"], 3)
+    print("(c)", c, flush=True)
+    results["c_pipeline"] = c
+
+    if not args.quick:
+        long_dir = work / "corpus_long"
+        make_corpus(long_dir, 4, long_file_s=600.0)
+        d = pipeline_run(str(long_dir / "*"), work / "out_d", str(ckpt), extra)
+        print("(d)", d, flush=True)
+        results["d_long_file"] = d
+
+    results["ratios"] = {
+        "c_over_a_best": round(c["clips_per_s"] / best_a["clips_per_s"], 3),
+        "c_over_b": round(c["clips_per_s"] / results["b_naive_loop"]["clips_per_s"], 3),
+        "best_a": best_a,
+    }
+    print("ratios", results["ratios"], flush=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    name = "extract_quick.json" if args.quick else "extract.json"
+    (RESULTS / name).write_text(json.dumps(results, indent=2))
+    print(f"wrote {RESULTS / name}")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
