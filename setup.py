@@ -37,6 +37,13 @@ setup(
     ],
     extras_require={
         "gcp": ["apache-beam[gcp]>=2.77.0,<2.78", "gcsfs>=2026.10.1"],
-        "test": ["pytest>=9.2.0,<10", "pytest-timeout>=2.4", "ruff>=0.17"],
+        "ann": ["faiss-cpu>=1.15,<2"],
+        "test": [
+            "pytest>=9.2.0,<10",
+            "pytest-timeout>=2.4",
+            "ruff>=0.17",
+            "faiss-cpu>=1.15,<2",
+            "pillow>=12",
+        ],
     },
 )
