@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from atr_core.errors import AtrError
 
@@ -33,3 +35,20 @@ def run_cli(main: Callable[[], object], prog: str) -> int:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+class OptionGroup:
+    """An argparse group that skips flags another PipelineOptions class already registered.
+
+    Beam's ``get_all_options`` parses the flags of every imported PipelineOptions subclass with one
+    parser, so two jobs imported into one process (e.g. extract and embed, both with --output) would
+    clash. A view (``options.view_as(ExtractOptions)``) still parses only this class's own flags.
+    """
+
+    def __init__(self, group: argparse._ArgumentGroup):
+        self._group = group
+
+    def add_argument(self, *flags: str, **kwargs: Any) -> argparse.Action | None:
+        if any(f in self._group._option_string_actions for f in flags):
+            return None
+        return self._group.add_argument(*flags, **kwargs)

@@ -48,7 +48,7 @@ from atr_core.errors import ConfigMismatchError, InputError, OutputExistsError
 from atr_core.manifest import ClipEntry
 from atr_core.search import encode_captions, encode_segments, prepare_segments
 from atr_core.shards import table_embeddings
-from pipelines.common import run_cli, with_default_runner
+from pipelines.common import OptionGroup, run_cli, with_default_runner
 
 LOG = logging.getLogger("pipelines.embed")
 NS = "atr.embed"
@@ -66,7 +66,7 @@ class EmbedOptions(PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
-        src = parser.add_argument_group("inputs")
+        src = OptionGroup(parser.add_argument_group("inputs"))
         src.add_argument(
             "--segments",
             default=None,
@@ -108,7 +108,7 @@ class EmbedOptions(PipelineOptions):
             "file, local/gs:///https://, or a saved word-vectors directory); must have the recorded "
             "identity (sha256, vocabulary size, dim)",
         )
-        out = parser.add_argument_group("outputs")
+        out = OptionGroup(parser.add_argument_group("outputs"))
         out.add_argument(
             "--output",
             default=None,
@@ -134,7 +134,7 @@ class EmbedOptions(PipelineOptions):
             default=1024,
             help="vectors per Parquet row group (default 1024)",
         )
-        run = parser.add_argument_group("inference and ranking")
+        run = OptionGroup(parser.add_argument_group("inference and ranking"))
         run.add_argument(
             "--device",
             default="auto",
