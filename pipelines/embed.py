@@ -1130,4 +1130,8 @@ def main(argv: Sequence[str] | None = None) -> PipelineResult:
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main, "embed"))
+    # Run the importable module's main, not this __main__ copy: DoFns and element classes must pickle
+    # by their real module name (pipelines.embed) for other processes and Dataflow workers.
+    from pipelines import embed as _module
+
+    sys.exit(run_cli(_module.main, "embed"))

@@ -913,4 +913,8 @@ def main(argv: Sequence[str] | None = None) -> PipelineResult:
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main, "extract"))
+    # Run the importable module's main, not this __main__ copy: DoFns and element classes must pickle
+    # by their real module name (pipelines.extract) for other processes and Dataflow workers.
+    from pipelines import extract as _module
+
+    sys.exit(run_cli(_module.main, "extract"))
