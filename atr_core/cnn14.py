@@ -182,10 +182,12 @@ def official_state_shapes() -> dict[str, tuple[int, ...]]:
 
 
 def init_random_(model: Cnn14Segments, seed: int) -> Cnn14Segments:
-    """Seeded random weights in place (front end kept): Xavier convs/linears, non-trivial BatchNorms.
+    """Seeded random weights in place (front end kept): Xavier convs/linears, calibrated BatchNorms.
 
-    BatchNorm statistics are randomised too (bn0 around log-mel levels), so tests that
-    compare against panns' own forward exercise every normalisation.
+    Random BatchNorm statistics would make every clip's features nearly identical (activations
+    drift layer by layer until the biases dominate), so the running statistics are instead
+    estimated on a fixed, seeded calibration signal (noises, tones, modulations): the features of
+    an untrained CNN14 then still follow the audio content. Deterministic for a given ``seed``.
     """
     gen = torch.Generator().manual_seed(seed)
 
@@ -193,7 +195,7 @@ def init_random_(model: Cnn14Segments, seed: int) -> Cnn14Segments:
         t.copy_(torch.rand(t.shape, generator=gen) * (hi - lo) + lo)
 
     with torch.no_grad():
-        for name, mod in model.named_modules():
+        for mod in model.modules():
             if isinstance(mod, (nn.Conv2d, nn.Linear)):
                 nn.init.xavier_uniform_(mod.weight, generator=gen)
                 if mod.bias is not None:
@@ -201,13 +203,41 @@ def init_random_(model: Cnn14Segments, seed: int) -> Cnn14Segments:
             elif isinstance(mod, nn.BatchNorm2d):
                 uniform(mod.weight, 0.5, 1.5)
                 uniform(mod.bias, -0.1, 0.1)
-                if name == "bn0":  # log-mel dB levels
-                    uniform(mod.running_mean, -30.0, -10.0)
-                    uniform(mod.running_var, 100.0, 400.0)
-                else:
-                    uniform(mod.running_mean, -0.1, 0.1)
-                    uniform(mod.running_var, 0.5, 2.0)
+        _calibrate_batchnorms(model, _calibration_audio(gen))
     return model
+
+
+def _calibration_audio(gen: torch.Generator, clips: int = 6, seconds: float = 3.0) -> torch.Tensor:
+    """A seeded batch of varied signals: white/brown noise, tones, amplitude modulation, silence."""
+    n = int(seconds * SAMPLE_RATE)
+    t = torch.arange(n, dtype=torch.float64) / SAMPLE_RATE
+    out = []
+    for i in range(clips):
+        noise = torch.randn(n, generator=gen, dtype=torch.float64)
+        if i % 2:
+            noise = torch.cumsum(noise, 0)
+            noise = noise - noise.mean()
+        f0 = 100.0 * 2 ** (7 * float(torch.rand(1, generator=gen)))
+        tone = torch.sin(2 * torch.pi * f0 * t) * (0.5 + 0.5 * torch.sin(2 * torch.pi * (i + 1) * 0.7 * t))
+        x = 0.3 * tone + 0.1 * noise / noise.abs().max()
+        x[: n // (i + 2)] *= 0.01  # a quiet stretch at the start
+        out.append(x)
+    return torch.stack(out).float()
+
+
+def _calibrate_batchnorms(model: Cnn14Segments, audio: torch.Tensor) -> None:
+    """Set every BatchNorm's running statistics to those of one forward pass over ``audio``."""
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average: one batch gives exactly its statistics
+        m.train(True)
+    try:
+        model(audio)
+    finally:
+        for m in norms:
+            m.momentum = 0.1
+            m.train(False)
 
 
 def save_random_checkpoint(path: str | os.PathLike, seed: int) -> Path:

@@ -1,0 +1,508 @@
+"""The training loop: epochs, validation, model selection, checkpoints, resume and curves.
+
+The recipe is the authors' (reference sections 5-7): batches of clips with all their captions,
+similarities averaged over each clip's own captions for the loss, bidirectional max-margin ranking
+loss, Ranger (or Adam), StepLR stepped once per epoch after validation, validation with the full
+metrics every epoch, best epoch by validation t2a geometric mean of R@1/5/10 (ties: later epoch).
+
+Everything a run writes lives in one output directory (:class:`RunDir`, local or gs://):
+
+=================  ===========================================================================
+``run.json``       what the run is (options, model config, data): checked on ``resume``
+``checkpoint.pt``  after every epoch: model, optimizer, scheduler, RNG states, history, best
+``model.pt`` ...   the best epoch's model, written by :func:`atr_core.model_io.save_model`
+``metrics.jsonl``  one JSON line per epoch (loss, lr, validation metrics, time)
+``curves.png``     training/validation loss and validation R@1/5/10 per epoch
+``data.json``      the caption/shard join report
+=================  ===========================================================================
+
+Determinism: the batch order of an epoch is a function of ``(seed, epoch)`` and the checkpoint
+holds the torch/numpy/python RNG states, so on the CPU an interrupted run that resumes ends with
+bit-identical weights.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from atr_core.data import Batch, ClipSource
+from atr_core.errors import AtrError, CheckpointError, ConfigMismatchError, OutputExistsError
+
+log = logging.getLogger(__name__)
+
+RUN_FILE = "run.json"
+CHECKPOINT_FILE = "checkpoint.pt"
+METRICS_FILE = "metrics.jsonl"
+CURVES_FILE = "curves.png"
+DATA_FILE = "data.json"
+RUN_KIND = "atr-train-run"
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation recipe; the defaults are the authors' (reference section 7)."""
+
+    epochs: int = 20
+    batch_size: int = 128
+    optimizer: str = "ranger"
+    lr: float = 0.01
+    weight_decay: float = 1e-3
+    lr_gamma: float = 0.95
+    margin: float = 0.2
+    seed: int = 0
+    eval_batch_size: int = 256
+    progress: bool = True
+
+    #: Fields that may change when a run is resumed (they do not change what an epoch computes).
+    RESUMABLE = ("epochs", "eval_batch_size", "progress")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    """What :func:`fit` returns: the per-epoch history and the selected epoch."""
+
+    history: list[dict]
+    best_epoch: int
+    best_score: float
+    output: str
+    resumed_from: int = 0
+
+
+# --------------------------------------------------------------------------- output directory
+
+
+class RunDir:
+    """The run's output directory. A URL (gs://...) is staged locally and uploaded after each epoch."""
+
+    def __init__(self, uri: str):
+        self.remote = "://" in uri
+        self.uri = uri.rstrip("/") if self.remote else uri
+        self._fs = fsspec.url_to_fs(uri)[0] if self.remote else None
+        self.local = Path(tempfile.mkdtemp(prefix="atr-train-")) if self.remote else Path(uri)
+
+    def path(self, name: str) -> Path:
+        """Local path of file ``name`` (write here, then :meth:`push`)."""
+        return self.local / name
+
+    def existing(self) -> list[str]:
+        """Names of the files the output directory already holds (sorted)."""
+        if self.remote:
+            if not self._fs.exists(self.uri):
+                return []
+            return sorted(p.rsplit("/", 1)[-1] for p in self._fs.ls(self.uri, detail=False))
+        if self.local.exists() and not self.local.is_dir():
+            raise OutputExistsError(f"{self.uri}: exists and is not a directory")
+        return sorted(os.listdir(self.local)) if self.local.is_dir() else []
+
+    def prepare(self, pull: bool) -> None:
+        """Create the local directory; with ``pull``, copy a remote run's files down first."""
+        self.local.mkdir(parents=True, exist_ok=True)
+        if self.remote and pull:
+            for name in self.existing():
+                self._fs.get(f"{self.uri}/{name}", str(self.local / name), recursive=True)
+
+    def remove(self, names: list[str]) -> None:
+        """Delete files of a previous run (``--overwrite``)."""
+        for name in names:
+            if self.remote:
+                self._fs.rm(f"{self.uri}/{name}", recursive=True)
+            target = self.local / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+
+    def push(self) -> None:
+        """Upload the staged files, sub-directories included (no-op for a local directory)."""
+        if self.remote:
+            for p in sorted(self.local.rglob("*")):
+                if p.is_file() and not p.name.startswith("."):
+                    self._fs.put_file(str(p), f"{self.uri}/{p.relative_to(self.local).as_posix()}")
+
+    def __str__(self) -> str:
+        return self.uri
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary name beside ``path``, then rename it into place."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def atomic_torch_save(obj: object, path: Path) -> None:
+    """``torch.save`` to a temporary name, then rename into place (never a half-written file)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def prepare_output(
+    run: RunDir, run_info: Mapping, owned: tuple[str, ...], resume: bool, overwrite: bool
+) -> bool:
+    """Check the output directory against this run; return True when there is a run to resume.
+
+    A directory holding any file in ``owned`` holds another run: refused unless ``resume`` (the
+    run must be the same: :class:`ConfigMismatchError` otherwise) or ``overwrite`` (its files
+    are deleted). Raises :class:`OutputExistsError` when refused.
+    """
+    present = [n for n in run.existing() if n in owned]
+    if present and not (resume or overwrite):
+        raise OutputExistsError(
+            f"{run}: already holds a training run ({', '.join(present)}); "
+            "pass --resume to continue it or --overwrite to replace it"
+        )
+    if present and overwrite and not resume:
+        log.warning("%s: --overwrite: deleting the previous run's files %s", run, ", ".join(present))
+        run.remove(present)
+        present = []
+    run.prepare(pull=bool(present))
+    if not present:
+        return False
+    previous = read_run_info(run.path(RUN_FILE)) if RUN_FILE in present else None
+    if previous is None:
+        raise OutputExistsError(f"{run}: has {', '.join(present)} but no {RUN_FILE}; cannot resume it")
+    diff = diff_run_info(previous, run_info)
+    if diff:
+        raise ConfigMismatchError(
+            f"{run}: --resume with different settings than the run there: "
+            + "; ".join(f"{k}: was {a!r}, now {b!r}" for k, a, b in diff)
+        )
+    return (run.path(CHECKPOINT_FILE)).exists()
+
+
+def read_run_info(path: Path) -> dict:
+    """The ``run.json`` of a previous run."""
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise OutputExistsError(f"{path}: unreadable run description: {exc}") from exc
+    if info.get("kind") != RUN_KIND:
+        raise OutputExistsError(f"{path}: not an atr training run (kind={info.get('kind')!r})")
+    return info
+
+
+def diff_run_info(old: Mapping, new: Mapping, prefix: str = "") -> list[tuple[str, object, object]]:
+    """Differences between two run descriptions, ignoring keys that may change on resume."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        name = f"{prefix}{key}"
+        if key in TrainConfig.RESUMABLE:
+            continue
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            out.extend(diff_run_info(a, b, prefix=f"{name}."))
+        elif a != b:
+            out.append((name, a, b))
+    return out
+
+
+# --------------------------------------------------------------------------- RNG state
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python ``random``, numpy's global generator and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    """The torch/numpy/python RNG states, as types ``torch.load(weights_only=True)`` accepts."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {
+            "kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached_gaussian": float(cached),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping) -> None:
+    """Restore what :func:`rng_state` captured."""
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state(
+        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --------------------------------------------------------------------------- one epoch
+
+
+def clip_averaged_similarity(sims: torch.Tensor, caption_clip: torch.Tensor, n_clips: int) -> torch.Tensor:
+    """Average caption-vs-clip similarities over each clip's own captions.
+
+    ``sims`` is (C, B): rows are captions, ``caption_clip[c]`` the clip of caption c. Returns
+    (B, B) whose (i, j) entry is the mean over clip i's captions of s(caption, clip j). Clips may
+    have different caption counts; with Q captions each in audio-major order this is the authors'
+    ``reshape(B, Q, B).mean(1)`` (reference section 5). Computed as a matmul with an averaging
+    matrix, which is deterministic and differentiable.
+    """
+    member = (caption_clip[None, :] == torch.arange(n_clips, device=sims.device)[:, None]).to(sims.dtype)
+    counts = member.sum(dim=1, keepdim=True)
+    if bool((counts == 0).any()):
+        raise ValueError("every clip of a batch needs at least one caption")
+    return (member / counts) @ sims
+
+
+def batch_loss(model, batch: Batch, loss_fn) -> torch.Tensor:
+    """The training loss of one batch (caption-averaged similarities, reference section 5)."""
+    audio = model.encode_audio(batch.audio, batch.audio_mask)
+    text = model.encode_text(batch.text, batch.text_mask)
+    sims = model.similarity(text, audio)
+    return loss_fn(clip_averaged_similarity(sims, batch.caption_clip, len(batch)))
+
+
+def train_epoch(
+    model, source: ClipSource, optimizer, loss_fn, device: torch.device, epoch: int, cfg: TrainConfig
+) -> dict:
+    """One pass over ``source`` in the order of ``(cfg.seed, epoch)``; returns loss and counts."""
+    model.train()
+    total, clips, batches = 0.0, 0, 0
+    bar = tqdm(
+        total=source.n_batches(cfg.batch_size), desc=f"epoch {epoch}/{cfg.epochs}", unit="batch",
+        disable=not cfg.progress, leave=False, dynamic_ncols=True,
+    )
+    with bar:
+        for batch in source.batches(cfg.batch_size, epoch=epoch, shuffle=True, seed=cfg.seed):
+            batch = batch.to(device)
+            loss = batch_loss(model, batch, loss_fn)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            value = float(loss.detach())
+            if not np.isfinite(value):
+                raise AtrError(
+                    f"epoch {epoch}: the training loss became {value} at batch {batches + 1} "
+                    f"(lr {optimizer.param_groups[0]['lr']:.3g}); try a lower --lr"
+                )
+            total += value * len(batch)
+            clips += len(batch)
+            batches += 1
+            bar.set_postfix(loss=f"{value:.4f}", refresh=False)
+            bar.update()
+    if clips != len(source):
+        raise RuntimeError(f"epoch {epoch}: trained on {clips} clips, the split has {len(source)}")
+    return {"train_loss": total / max(clips, 1), "train_clips": clips, "train_batches": batches}
+
+
+@torch.no_grad()
+def encode_split(
+    model, source: ClipSource, device: torch.device, batch_size: int = 256
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
+    """Embed every clip and caption of ``source`` in eval mode.
+
+    Returns ``(text_emb (C, E), audio_emb (N, E), caption_to_clip (C,), audio_ids)`` on the CPU,
+    captions in audio-major order (each caption is its own query: reference section 5).
+    """
+    model.eval()
+    texts, audios, owners, ids = [], [], [], []
+    for batch in source.batches(batch_size):
+        b = batch.to(device)
+        audios.append(model.encode_audio(b.audio, b.audio_mask).float().cpu())
+        texts.append(model.encode_text(b.text, b.text_mask).float().cpu())
+        owners.append(batch.caption_clip + len(ids))
+        ids.extend(batch.audio_ids)
+    return torch.cat(texts), torch.cat(audios), torch.cat(owners), ids
+
+
+def evaluate(model, source: ClipSource, device: torch.device, loss_fn=None, batch_size: int = 256) -> dict:
+    """Full retrieval metrics on ``source`` (plus the loss on each clip's first caption, if asked)."""
+    from atr_core.metrics import blocked_retrieval_metrics
+
+    text, audio, owner, _ = encode_split(model, source, device, batch_size)
+    # JSON round trip: plain Python numbers (numpy scalars do not load with weights_only=True).
+    metrics = blocked_retrieval_metrics(text.numpy(), audio.numpy(), owner.numpy())
+    out = {"metrics": json.loads(json.dumps(metrics))}
+    if loss_fn is not None:
+        first = torch.ones(len(owner), dtype=torch.bool)
+        first[1:] = owner[1:] != owner[:-1]
+        out["loss"] = float(loss_fn(text[first] @ audio.T))
+    return out
+
+
+def selection_score(metrics: Mapping) -> float:
+    """The model-selection score: validation t2a geometric mean of R@1, R@5, R@10."""
+    return float(metrics["t2a"]["geometric_mean"])
+
+
+# --------------------------------------------------------------------------- records and curves
+
+
+def write_metrics(history: list[dict], path: Path) -> None:
+    """``metrics.jsonl``: one JSON object per epoch (rewritten whole, atomically)."""
+    atomic_write_bytes(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in history).encode())
+
+
+def plot_curves(history: list[dict], path: Path) -> None:
+    """``curves.png``: train/validation loss and validation R@1/5/10 (t2a and a2t) per epoch."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    epochs = [r["epoch"] for r in history]
+    fig = Figure(figsize=(11, 4))
+    FigureCanvasAgg(fig)
+    ax_loss, ax_r = fig.subplots(1, 2)
+    ax_loss.plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
+    ax_loss.plot(epochs, [r["val_loss"] for r in history], "s--", label="validation (first caption)")
+    ax_loss.set(xlabel="epoch", ylabel="max-margin ranking loss", title="loss")
+    ax_loss.legend()
+    for direction, style in (("t2a", "-"), ("a2t", ":")):
+        for k, colour in (("R1", "C0"), ("R5", "C1"), ("R10", "C2")):
+            ax_r.plot(
+                epochs, [r["val"][direction][k] for r in history], style, color=colour, marker="o",
+                label=f"{direction} {k}",
+            )
+    best = [r["epoch"] for r in history if r.get("best")]
+    if best:
+        ax_r.axvline(best[-1], color="grey", lw=0.8, ls="--", label=f"best epoch {best[-1]}")
+    ax_r.set(xlabel="epoch", ylabel="recall (%)", title="validation recall")
+    for ax in (ax_loss, ax_r):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax_r.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    os.replace(tmp, path)
+
+
+def summary_line(rec: Mapping) -> str:
+    """The one-line epoch summary."""
+    t2a, a2t = rec["val"]["t2a"], rec["val"]["a2t"]
+    return (
+        f"epoch {rec['epoch']:>3}/{rec['epochs']} lr {rec['lr']:.5g} loss {rec['train_loss']:.4f} "
+        f"val_loss {rec['val_loss']:.4f} | t2a R@1 {t2a['R1']:.1f} R@5 {t2a['R5']:.1f} R@10 {t2a['R10']:.1f} "
+        f"| a2t R@1 {a2t['R1']:.1f} R@5 {a2t['R5']:.1f} R@10 {a2t['R10']:.1f} "
+        f"| geo {rec['score']:.2f}{' *best' if rec['best'] else ''} | {rec['time_s']:.1f}s"
+    )
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(
+    path: Path, model, optimizer, scheduler, epoch: int, history: list[dict], best: dict
+) -> None:
+    """Everything needed to continue after ``epoch``, written atomically."""
+    atomic_torch_save(
+        {
+            "kind": "atr-train-checkpoint",
+            "version": CHECKPOINT_VERSION,
+            "epoch": epoch,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": rng_state(),
+            "history": history,
+            "best": dict(best),
+        },
+        path,
+    )
+
+
+def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
+    """Read a checkpoint written by :func:`save_checkpoint` (``weights_only`` load)."""
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # truncated file, pickle error, wrong format
+        raise CheckpointError(f"{path}: unreadable training checkpoint: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(ckpt, dict) or ckpt.get("kind") != "atr-train-checkpoint":
+        raise CheckpointError(f"{path}: not an atr training checkpoint")
+    if ckpt.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint version {ckpt.get('version')} is not supported; "
+            f"expected {CHECKPOINT_VERSION}"
+        )
+    return ckpt
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def fit(
+    model,
+    optimizer,
+    train_source: ClipSource,
+    val_source: ClipSource,
+    run: RunDir,
+    cfg: TrainConfig,
+    save_best: Callable[[Path], None],
+    device: torch.device,
+    resume: bool = False,
+    on_epoch_end: Callable[[dict], None] | None = None,
+    score_fn: Callable[[Mapping], float] = selection_score,
+) -> TrainResult:
+    """Train for ``cfg.epochs`` epochs, validating, selecting and checkpointing after each.
+
+    ``save_best(dir)`` writes the current model as the selected one (``model.pt`` ...).
+    With ``resume`` the state of ``checkpoint.pt`` is restored first (model, optimizer, scheduler,
+    RNG states, history) and training continues with the next epoch. ``on_epoch_end(record)``
+    runs after the epoch's files are written. ``score_fn(val_metrics)`` is the selection score
+    (default: :func:`selection_score`); the highest wins, ties going to the later epoch.
+    """
+    from atr_core.losses import MaxMarginRankingLoss
+
+    loss_fn = MaxMarginRankingLoss(margin=cfg.margin)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=cfg.lr_gamma)
+    history: list[dict] = []
+    best = {"epoch": 0, "score": float("-inf")}
+    start = 1
+    if resume:
+        ckpt = load_checkpoint(run.path(CHECKPOINT_FILE), device)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        set_rng_state(ckpt["rng"])
+        history, best, start = list(ckpt["history"]), dict(ckpt["best"]), int(ckpt["epoch"]) + 1
+        log.info("resuming %s after epoch %d (best so far: epoch %d)", run, start - 1, best["epoch"])
+    for epoch in range(start, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        lr = float(optimizer.param_groups[0]["lr"])
+        rec = {"epoch": epoch, "epochs": cfg.epochs, "lr": lr}
+        rec.update(train_epoch(model, train_source, optimizer, loss_fn, device, epoch, cfg))
+        val = evaluate(model, val_source, device, loss_fn, cfg.eval_batch_size)
+        scheduler.step()
+        score = float(score_fn(val["metrics"]))
+        rec.update(val=val["metrics"], val_loss=val["loss"], score=score, best=score >= best["score"])
+        rec["time_s"] = time.perf_counter() - t0
+        if rec["best"]:
+            best = {"epoch": epoch, "score": score}
+            save_best(run.local)
+        history.append(rec)
+        write_metrics(history, run.path(METRICS_FILE))
+        plot_curves(history, run.path(CURVES_FILE))
+        save_checkpoint(run.path(CHECKPOINT_FILE), model, optimizer, scheduler, epoch, history, best)
+        run.push()
+        log.info(summary_line(rec))
+        if on_epoch_end is not None:
+            on_epoch_end(rec)
+    return TrainResult(history, int(best["epoch"]), float(best["score"]), str(run), resumed_from=start - 1)
