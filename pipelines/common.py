@@ -1,4 +1,4 @@
-"""Helpers shared by the job entry points: the local runner default and error reporting."""
+"""Helpers shared by the job entry points: local runner default, options, counters, summaries, errors."""
 
 from __future__ import annotations
 
@@ -52,3 +52,32 @@ class OptionGroup:
         if any(f in self._group._option_string_actions for f in flags):
             return None
         return self._group.add_argument(*flags, **kwargs)
+
+
+def options_parser(prog: str, description: str, options_cls: type, epilog: str) -> argparse.ArgumentParser:
+    """An argparse parser holding one PipelineOptions class's flags, behind ``--help``."""
+    parser = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog)
+    options_cls._add_argparse_args(parser)
+    return parser
+
+
+def collect_counters(result: Any, namespace: str) -> dict[str, int]:
+    """A finished pipeline's counters in ``namespace`` (committed values where the runner has them)."""
+    from apache_beam.metrics.metric import MetricsFilter
+
+    out: dict[str, int] = {}
+    for c in result.metrics().query(MetricsFilter().with_namespace(namespace))["counters"]:
+        value = c.committed if c.committed is not None else c.attempted
+        out[c.key.metric.name] = out.get(c.key.metric.name, 0) + int(value or 0)
+    return out
+
+
+def write_json(path: str, obj: Any) -> str:
+    """Write ``obj`` as indented JSON through Beam FileSystems (local or gs://); return ``path``."""
+    import json
+
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.create(path, mime_type="application/json") as f:
+        f.write((json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+    return path

@@ -22,7 +22,6 @@ See docs/embed.md.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import posixpath
@@ -36,7 +35,6 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
-from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 from apache_beam.ml.inference.pytorch_inference import PytorchModelHandlerTensor
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -48,7 +46,14 @@ from atr_core.errors import ConfigMismatchError, InputError, OutputExistsError
 from atr_core.manifest import ClipEntry
 from atr_core.search import encode_captions, encode_segments, prepare_segments
 from atr_core.shards import table_embeddings
-from pipelines.common import OptionGroup, run_cli, with_default_runner
+from pipelines.common import (
+    OptionGroup,
+    collect_counters,
+    options_parser,
+    run_cli,
+    with_default_runner,
+    write_json,
+)
 
 LOG = logging.getLogger("pipelines.embed")
 NS = "atr.embed"
@@ -155,16 +160,15 @@ class EmbedOptions(PipelineOptions):
 
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser behind ``python -m pipelines.embed --help``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m pipelines.embed",
-        description="Embed segment shards and captions with trained model(s), evaluate retrieval per split "
+    return options_parser(
+        "python -m pipelines.embed",
+        "Embed segment shards and captions with trained model(s), evaluate retrieval per split "
         "(the paper's R@1/5/10, MedR, MeanR) and write vectors plus a report.",
+        EmbedOptions,
         epilog="Beam pipeline options are accepted too, e.g. --runner=DataflowRunner --project=... "
         "--region=... --temp_location=gs://... --setup_file=./setup.py (local default: "
         "--runner=FnApiRunner). See docs/embed.md.",
     )
-    EmbedOptions._add_argparse_args(parser)
-    return parser
 
 
 # ------------------------------------------------------------------------------------------------- plan
@@ -1022,15 +1026,6 @@ def rank_split(plan: EmbedPlan, m: ModelPlan, split: str, audio, text, written, 
 # --------------------------------------------------------------------------------------------- summary
 
 
-def collect_counters(result: PipelineResult) -> dict[str, int]:
-    """Committed (else attempted) values of this pipeline's counters."""
-    out: dict[str, int] = {}
-    for c in result.metrics().query(MetricsFilter().with_namespace(NS))["counters"]:
-        value = c.committed if c.committed is not None else c.attempted
-        out[c.key.metric.name] = out.get(c.key.metric.name, 0) + int(value or 0)
-    return out
-
-
 def make_summary(plan: EmbedPlan, counters: dict[str, int], state: str) -> dict[str, Any]:
     """Counts in = counts out + counts failed (or not used), per model, from the Beam metrics.
 
@@ -1089,10 +1084,8 @@ def format_summary(summary: dict[str, Any]) -> str:
 
 
 def write_summary(plan: EmbedPlan, summary: dict[str, Any]) -> str:
-    path = _join(plan.output, SUMMARY_FILE)
-    with FileSystems.create(path) as f:
-        f.write(json.dumps(summary, indent=2, sort_keys=True).encode())
-    return path
+    """Write the run summary into the output directory; return its path."""
+    return write_json(_join(plan.output, SUMMARY_FILE), summary)
 
 
 def run(
@@ -1115,7 +1108,7 @@ def run(
     if not wait:
         return result
     state = result.wait_until_finish()
-    summary = make_summary(plan, collect_counters(result), str(state))
+    summary = make_summary(plan, collect_counters(result, NS), str(state))
     path = write_summary(plan, summary)
     print(format_summary(summary))
     LOG.info("summary written to %s", path)

@@ -31,7 +31,6 @@ from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
-from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineResult
@@ -51,7 +50,14 @@ from atr_core.windows import (
     plan_windows,
     stitch,
 )
-from pipelines.common import OptionGroup, run_cli, with_default_runner
+from pipelines.common import (
+    OptionGroup,
+    collect_counters,
+    options_parser,
+    run_cli,
+    with_default_runner,
+    write_json,
+)
 
 LOG = logging.getLogger("pipelines.extract")
 NS = "atr.extract"
@@ -205,15 +211,14 @@ class ExtractOptions(PipelineOptions):
 
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser behind ``python -m pipelines.extract --help``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m pipelines.extract",
-        description="Extract CNN14 (or log-mel) segment embeddings of audio files into Parquet shards.",
+    return options_parser(
+        "python -m pipelines.extract",
+        "Extract CNN14 (or log-mel) segment embeddings of audio files into Parquet shards.",
+        ExtractOptions,
         epilog="Beam pipeline options are accepted too, e.g. --runner=DataflowRunner --project=... "
         "--region=... --temp_location=gs://... (local default: --runner=FnApiRunner). "
         "See docs/extract.md.",
     )
-    ExtractOptions._add_argparse_args(parser)
-    return parser
 
 
 # -------------------------------------------------------------------------------------- element types
@@ -812,15 +817,6 @@ def build_pipeline(p: beam.Pipeline, plan: Plan) -> None:
 # -------------------------------------------------------------------------------------------- summary
 
 
-def collect_counters(result: PipelineResult) -> dict[str, int]:
-    """The pipeline's ``atr.extract`` counters (committed values where the runner has them)."""
-    out: dict[str, int] = {}
-    for c in result.metrics().query(MetricsFilter().with_namespace(NS))["counters"]:
-        value = c.committed if c.committed is not None else c.attempted
-        out[c.key.metric.name] = out.get(c.key.metric.name, 0) + int(value or 0)
-    return out
-
-
 def make_summary(plan: Plan, counters: dict[str, int], state: str) -> dict[str, Any]:
     """The run summary: counts from the metrics and whether they balance."""
     g = lambda k: counters.get(k, 0)  # noqa: E731
@@ -867,10 +863,7 @@ def format_summary(s: dict[str, Any]) -> str:
 
 def write_summary(plan: Plan, summary: dict[str, Any]) -> str:
     """Write ``summary-<run>.json`` into the output directory; return its path."""
-    path = f"{plan.output}/summary-{plan.run_id}.json"
-    with FileSystems.create(path, mime_type="application/json") as f:
-        f.write((json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())
-    return path
+    return write_json(f"{plan.output}/summary-{plan.run_id}.json", summary)
 
 
 # ---------------------------------------------------------------------------------------------- entry
@@ -896,7 +889,7 @@ def run(
     if not wait:
         return result
     state = result.wait_until_finish()
-    summary = make_summary(plan, collect_counters(result), str(state))
+    summary = make_summary(plan, collect_counters(result, NS), str(state))
     path = write_summary(plan, summary)
     print(format_summary(summary))
     LOG.info("summary written to %s", path)

@@ -22,7 +22,7 @@ from atr_core.errors import (
 )
 from atr_core.windows import Window
 from pipelines import extract
-from pipelines.common import run_cli
+from pipelines.common import collect_counters, run_cli
 from tests.audio_fixtures import write_audio
 
 BASE_ARGS = ["--runner=FnApiRunner", "--num_threads=1"]
@@ -271,7 +271,7 @@ def test_run_accepts_a_test_pipeline(tmp_path):
     pipeline = TestPipeline(options=PipelineOptions(["--runner=FnApiRunner"]))
     result = extract.run(["--input", f"{audio}/*.wav", "--output", str(out), "--features", "lms",
                           "--run_id", "tp"], test_pipeline=pipeline)  # fmt: skip
-    counters = extract.collect_counters(result)
+    counters = collect_counters(result, extract.NS)
     assert (counters["inputs"], counters["clips_ok"]) == (1, 1)
     assert json.loads((out / "summary-tp.json").read_text())["clips_ok"] == 1
     assert set(read_rows(out)) == {"x.wav"}

@@ -149,18 +149,28 @@ def test_seeded_runs_are_deterministic_and_the_seed_matters(tmp_path):
 
 
 def test_kill_and_resume_ends_with_bit_identical_weights(tmp_path):
-    """A run killed (SIGKILL) after epoch 1 and resumed equals an uninterrupted run, bit for bit."""
+    """A run killed (SIGKILL) after epoch 1 and resumed equals an uninterrupted run, bit for bit.
+
+    Every run is its own process, so all three see the same torch thread count (an in-process run
+    would inherit whatever earlier tests set).
+    """
     inp = make_inputs(tmp_path, n_train=19)
     extra = ("--word2vec", "train:5", "--aggregation", "netvlad")
-    assert train_job.main(cli_args(inp, tmp_path / "full", *extra, epochs=3)) == 0
-    env = {**os.environ, train_job.KILL_AFTER_EPOCH_ENV: "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "pipelines.train", *cli_args(inp, tmp_path / "cut", *extra, epochs=3)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
-    )
+
+    def train_process(out: str, *more: str, env: dict | None = None) -> subprocess.CompletedProcess:
+        args = cli_args(inp, tmp_path / out, *extra, *more, epochs=3)
+        return subprocess.run(
+            [sys.executable, "-m", "pipelines.train", *args],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+
+    full_run = train_process("full")
+    assert full_run.returncode == 0, full_run.stderr[-2000:]
+    proc = train_process("cut", env={**os.environ, train_job.KILL_AFTER_EPOCH_ENV: "1"})
     assert proc.returncode == -9, proc.stderr[-2000:]
     assert len(read_jsonl(tmp_path / "cut" / "metrics.jsonl")) == 1
-    assert train_job.main(cli_args(inp, tmp_path / "cut", *extra, "--resume", epochs=3)) == 0
+    resumed = train_process("cut", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
     full = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)
     cut = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)
     assert state_equal(full["model"], cut["model"])
