@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -37,6 +36,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from benchutil import machine_basics
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -193,14 +193,7 @@ def run_worker(path: str, clips: int, dim: int, args: argparse.Namespace, ranks_
 
 
 def machine() -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    """Where this ran, with the BLAS numpy uses."""
     blas = "unknown"
     try:
         cfg = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
@@ -208,10 +201,7 @@ def machine() -> dict:
     except Exception:  # noqa: BLE001 - informative only
         pass
     return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "load_avg_1m": os.getloadavg()[0],
-        "python": platform.python_version(),
+        **machine_basics(),
         "numpy": np.__version__,
         "blas": blas,
     }
@@ -248,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--skip_full", action="store_true", help="run part (1) only")
     p.add_argument("--target_mb", type=float, default=2048.0, help="peak RSS target of part (2)")
-    p.add_argument("--out", default=str(RESULTS / "metrics.json"), help="results JSON path")
+    p.add_argument("--out", default=None, help="results JSON (default: metrics.json, metrics_quick.json)")
     p.add_argument("--worker", choices=["naive", "blocked"], help=argparse.SUPPRESS)
     p.add_argument("--clips", type=int, help=argparse.SUPPRESS)
     p.add_argument("--ranks_out", default="", help=argparse.SUPPRESS)
@@ -291,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"    t2a R@1 {m['t2a']['R1']:.1f} MedR {m['t2a']['MedR']:.1f}; "
               f"a2t R@1 {m['a2t']['R1']:.1f} MedR {m['a2t']['MedR']:.1f}")  # fmt: skip
 
-    out = Path(args.out)
+    out = Path(args.out or RESULTS / ("metrics_quick.json" if args.quick else "metrics.json"))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp_out = out.with_suffix(".json.tmp")
     tmp_out.write_text(json.dumps(results, indent=2))

@@ -165,8 +165,10 @@ def main(argv=None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--vectors", default=None, help="measure on real pipelines.embed vectors instead")
     p.add_argument("--skip_large", action="store_true", help="skip the --n_ann part")
-    p.add_argument("--out", default=str(RESULTS))
+    p.add_argument("--out", default=None, help="results JSON (default: search.json, search_quick.json)")
     args = p.parse_args(argv)
+    if args.out is None:
+        args.out = str(RESULTS.with_name("search_quick.json") if args.quick else RESULTS)
     if args.quick:
         args.n_exact, args.n_ann, args.dim, args.queries = 5_000, 20_000, 256, 50
         args.train_size, args.chunk, args.centers = 5_000, 5_000, 200

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import subprocess
 import sys
@@ -31,6 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from benchutil import machine_basics
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -218,16 +217,10 @@ def epoch_stage(corpus: dict, size: dict) -> dict:
 
 
 def machine() -> dict:
+    """Where this ran."""
     import torch
 
-    cpu = "unknown"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version(), "torch": torch.__version__, "load_avg": os.getloadavg()}
+    return {**machine_basics(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
 
 
 def main(argv=None) -> int:
