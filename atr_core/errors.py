@@ -55,3 +55,7 @@ class OutputExistsError(AtrError):
 
 class QueryError(InputError):
     """A search query is empty or cannot be embedded."""
+
+
+class AnnUnavailableError(AtrError):
+    """The optional ANN dependency (faiss) is not installed."""

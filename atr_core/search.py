@@ -20,15 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from atr_core.errors import AtrError, ConfigMismatchError, InputError, QueryError
+from atr_core.errors import AnnUnavailableError, ConfigMismatchError, InputError, QueryError
 from atr_core.vectors import VectorSet, model_identity, read_vectors, same_model_identity
 
 DEFAULT_K = 10
 log = logging.getLogger(__name__)
-
-
-class AnnUnavailableError(AtrError):
-    """The optional ANN dependency (faiss) is not installed."""
 
 
 def normalize_rows(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
