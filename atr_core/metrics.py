@@ -47,7 +47,9 @@ from atr_core.errors import AtrError, InputError
 RECALL_KS = (1, 5, 10, 50)
 METRIC_KEYS = ("R1", "R5", "R10", "R50", "MedR", "MeanR", "geometric_mean", "num_queries")
 DEFAULT_BLOCK_SIZE = 1024  # captions per block for workers that size blocks themselves
-BLOCK_BYTES = 256 * 2**20  # similarities held per block by the blocked path (auto block size)
+BLOCK_BYTES = 256 * 2**20  # most similarities held per block by the blocked path (auto block size)
+CACHE_BLOCK_BYTES = 32 * 2**20  # preferred block: its comparisons run while it is still in cache
+MIN_PREFERRED_ROWS = 1024  # fewer rows make the per-block matmul and bookkeeping inefficient
 _WINDOW_COLS = 4096
 DEFAULT_WINDOW_ULPS = 64.0
 _F32_EPS = 2.0**-24  # unit roundoff of float32
@@ -525,10 +527,16 @@ def a2t_ranks_from_counts(counts: A2TCounts, window: A2TWindow) -> tuple[np.ndar
 
 
 def auto_block_size(n_clips: int, block_bytes: int = BLOCK_BYTES) -> int:
-    """Captions per block so that a block's float32 similarities take about ``block_bytes``
-    (a multiple of 64, between 64 and 8192)."""
-    rows = block_bytes // (4 * max(n_clips, 1))
-    return int(min(8192, max(64, rows // 64 * 64)))
+    """Captions per block: about ``CACHE_BLOCK_BYTES`` of float32 similarities but at least
+    ``MIN_PREFERRED_ROWS`` rows, never over ``block_bytes`` (a multiple of 64, between 64 and 8192).
+
+    Small blocks are compared while still in cache, which makes the blocked path faster than ranking
+    a full matrix (bench/bench_metrics.py); the memory cap wins for very large corpora.
+    """
+    n = 4 * max(n_clips, 1)
+    preferred = max(MIN_PREFERRED_ROWS, CACHE_BLOCK_BYTES // n)
+    rows = min(preferred, block_bytes // n, 8192)
+    return int(max(64, rows // 64 * 64))
 
 
 def _n_rows(x: Any) -> int:
@@ -549,7 +557,7 @@ def blocked_rank_vectors(
     ``text_emb`` may be any object with ``.shape`` whose row slices ``text_emb[i:j]`` are arrays
     (an ndarray, a memmap, a lazy generator); it is read twice, one block at a time. Memory is
     O(block_size x n_clips) beyond the inputs; ``block_size=None`` picks :func:`auto_block_size`
-    (about 256 MB of similarities per block).
+    (32-256 MB of similarities per block).
     """
     a = _audio(audio_emb)
     block_size = auto_block_size(a.shape[0]) if block_size is None else int(block_size)

@@ -231,7 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compare_clips", type=int, default=5000, help="clips in part (1) (captions = 5x)")
     p.add_argument("--full_clips", type=int, default=50000, help="clips in part (2) (captions = 5x)")
     p.add_argument("--dim", type=int, default=2048, help="embedding dimension")
-    p.add_argument("--block_size", type=int, default=0, help="captions per block (0: auto, 256 MB a block)")
+    p.add_argument(
+        "--block_size", type=int, default=0, help="captions per block (0: auto_block_size, 32-256 MB a block)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--signal", type=float, default=4.5, help="own-caption score margin in noise standard deviations"

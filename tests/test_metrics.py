@@ -412,6 +412,12 @@ def test_auto_block_size_bounds_memory():
         assert b == 64 or b * n_clips * 4 <= M.BLOCK_BYTES
 
 
+def test_auto_block_size_prefers_cache_sized_blocks_of_at_least_1024_rows():
+    assert M.auto_block_size(5000) * 5000 * 4 <= M.CACHE_BLOCK_BYTES  # 1,664 rows, not 8,192
+    assert M.auto_block_size(50_000) == M.MIN_PREFERRED_ROWS  # 200 MB: still under the memory cap
+    assert M.auto_block_size(500_000) * 500_000 * 4 <= M.BLOCK_BYTES  # the cap wins
+
+
 # --------------------------------------------------------------------------- errors and aggregation
 
 
