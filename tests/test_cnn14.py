@@ -283,3 +283,17 @@ def test_real_package_already_imported(tmp_path):
         home,
         setup="import panns_inference, panns_inference.models  # the user's own import, before ours\n",
     )
+
+
+def test_skipped_weight_init_is_scoped_and_loading_still_exact(cnn14_model):
+    originals = {name: getattr(torch.nn.init, name) for name in cnn14._INIT_FUNCTIONS}
+    with pytest.raises(RuntimeError, match="inside"):
+        with cnn14.skipped_weight_init():
+            assert torch.nn.init.xavier_uniform_ is not originals["xavier_uniform_"]
+            raise RuntimeError("inside")
+    assert all(getattr(torch.nn.init, n) is fn for n, fn in originals.items())  # restored after errors
+    bare = Cnn14Segments(init_weights=False)
+    bare.load_state_dict(cnn14_model.state_dict(), strict=True)
+    x = torch.from_numpy(clip(2.0, seed=5))[None]
+    with torch.inference_mode():
+        assert torch.equal(bare(x), cnn14_model(x))

@@ -446,3 +446,46 @@ def test_decode_error_type_names_are_counter_safe():
     with pytest.raises(DecodeError) as err:
         decode_audio(b"", name="x")
     assert err.value.reason.isidentifier()
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_decode_fn_threads_keep_every_input_and_order_free_results(tmp_path, threads):
+    """Grouped, threaded decoding: every entry becomes one clip or one failure, equal to decode_entry."""
+    import apache_beam as beam
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from atr_core.manifest import ClipEntry
+
+    entries = []
+    for i in range(7):  # 7 entries: two full groups of 3 threads x 2 and a remainder
+        path = tmp_path / f"c{i}.wav"
+        if i == 4:
+            path.write_text("not audio")
+        elif i != 5:  # c5 is missing
+            write_audio(path, 0.5 + 0.1 * i, sr=22050, channels=2, kind="noise")
+        entries.append(ClipEntry(audio_id=f"c{i}", uri=str(path), split=None, captions=()))
+    expected = [extract.decode_entry(e) for e in entries]
+    want_ok = [(o.clip[0].audio_id, o.clip[0].n_samples, float(o.clip[1].sum())) for o in expected if o.clip]
+    want_failed = [(o.failure["audio_id"], o.failure["error_type"]) for o in expected if o.failure]
+    assert sorted(e for _, e in want_failed) == ["missing_file", "unreadable"]
+    with TestPipeline(runner="FnApiRunner") as p:
+        clips, bad = (
+            p
+            | beam.Create(entries)
+            | beam.ParDo(extract.DecodeFn(threads)).with_outputs(extract.FAILED, main="clips")
+        )
+        got_ok = clips | "OkKey" >> beam.Map(lambda c: (c[0].audio_id, c[0].n_samples, float(c[1].sum())))
+        got_bad = bad | "BadKey" >> beam.Map(lambda r: (r["audio_id"], r["error_type"]))
+        assert_that(got_ok, equal_to(want_ok), label="clips")
+        assert_that(got_bad, equal_to(want_failed), label="failures")
+
+
+def test_decode_threads_option_is_checked(tmp_path):
+    with pytest.raises(InputError, match="--decode_threads"):
+        extract.plan_run(
+            extract.ExtractOptions(
+                ["--input", str(tmp_path / "*.wav"), "--output", str(tmp_path / "o"), "--features", "lms",
+                 "--decode_threads", "-1"]
+            )
+        )  # fmt: skip

@@ -176,3 +176,22 @@ def test_cnn14_pickled_channels_last_copy_is_exact(cnn14_model, long_clips):
     assert fast.channels_last and not fast.training
     assert fast.conv_block1.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     assert_exact(extract_clip(fast, xs[1], MAX_WINDOW_8S), refs[1])
+
+
+def test_cnn14_folded_batchnorm_is_exact_and_pickles(cnn14_model, long_clips):
+    xs, refs = long_clips
+    fast = prepare_for_inference(pickle.loads(pickle.dumps(cnn14_model)), channels_last=True)
+    assert fast.batchnorm_folded and not cnn14_model.batchnorm_folded
+    assert isinstance(fast.conv_block3.bn2, torch.nn.Identity) and fast.conv_block3.conv2.bias is not None
+    assert "conv_block3.bn2.running_mean" not in fast.state_dict()
+    assert_exact(extract_clip(fast, xs[1], MAX_WINDOW_8S), refs[1])
+    again = pickle.loads(pickle.dumps(fast))  # a folded model pickles with its folded keys
+    assert again.batchnorm_folded
+    with torch.inference_mode():
+        x = torch.from_numpy(xs[0][: 4 * 32000])[None]
+        assert torch.equal(again(x), fast(x))
+
+
+def test_cnn14_unfolded_keeps_batchnorm(cnn14_model):
+    plain = prepare_for_inference(pickle.loads(pickle.dumps(cnn14_model)), fold_batchnorm=False)
+    assert not plain.batchnorm_folded and isinstance(plain.conv_block1.bn1, torch.nn.BatchNorm2d)
