@@ -122,8 +122,8 @@ def import_panns_models() -> types.ModuleType:
                     del sys.modules[name]
 
 
-_Cnn14 = import_panns_models().Cnn14
-_ConvBlock = import_panns_models().ConvBlock
+_PANNS = import_panns_models()
+_Cnn14, _ConvBlock = _PANNS.Cnn14, _PANNS.ConvBlock
 
 
 # --------------------------------------------------------------------------- the model
@@ -158,7 +158,6 @@ def skipped_weight_init() -> Iterator[None]:
         finally:
             for name, fn in saved.items():
                 setattr(nn.init, name, fn)
-
 
 
 class Cnn14Segments(_Cnn14):

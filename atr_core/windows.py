@@ -241,10 +241,11 @@ def prepare_for_inference(
 
     ``fold_batchnorm`` folds eval-mode BatchNorms into the convs before them when the model
     offers it (:meth:`~atr_core.cnn14.Cnn14Segments.fold_batchnorm_`; about 4e-6 relative
-    rounding, well inside the exactness tolerance; 12-22 % faster on CPU in channels_last). ``channels_last``
-    converts 4-D conv weights in place and makes a model with a ``channels_last`` attribute
-    feed its conv body in that format. ``compile`` returns ``torch.compile(model)`` (compiles
-    per input shape on first use; not picklable: apply it after the model reaches the worker).
+    rounding, well inside the exactness tolerance; 12-22 % faster on CPU in channels_last).
+    ``channels_last`` converts 4-D conv weights in place and makes a model with a
+    ``channels_last`` attribute feed its conv body in that format. ``compile`` returns
+    ``torch.compile(model)`` (compiles per input shape on first use; not picklable: apply it
+    after the model reaches the worker).
     On CUDA, TF32 convolutions/matmuls (PyTorch enables TF32 convs by default) are switched
     off process-wide unless ``allow_tf32``: their ~1e-3 relative error would break exactness.
     """

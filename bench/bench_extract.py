@@ -110,11 +110,8 @@ def time_model(model, bs: int, reps: int) -> tuple[float, float]:
     return first, float(np.median(times))
 
 
-def bare_model(checkpoint: str, variants: list[tuple[str, int]], reps: int) -> list[dict]:
+def bare_model(info, variants: list[tuple[str, int]], reps: int) -> list[dict]:
     """Clips/s and GFLOP/s of Cnn14Segments on random 10 s batches, per (variant, batch size)."""
-    from atr_core.cnn14 import resolve_checkpoint
-
-    info = resolve_checkpoint(checkpoint)
     gflop = cnn14_gflop_per_clip(info)
     out = []
     for variant, bs in variants:
@@ -152,14 +149,14 @@ def cnn14_gflop_per_clip(info) -> float:
 # --------------------------------------------------------------------------------------------
 
 
-def naive_model(checkpoint: str, warm_file: Path):
+def naive_model(info, warm_file: Path):
     """The model as a user first loads it (eager, NCHW, BatchNorm kept), warmed up on one file."""
     import librosa
     import torch
 
-    from atr_core.cnn14 import load_cnn14, resolve_checkpoint
+    from atr_core.cnn14 import load_cnn14
 
-    model = load_cnn14(resolve_checkpoint(checkpoint), "cpu")
+    model = load_cnn14(info, "cpu")
     with torch.no_grad():  # warm-up on the first file (librosa's lazy imports, torch init)
         model(torch.Tensor(librosa.load(warm_file, sr=SR, mono=True)[0][None, :]))
     return model
@@ -241,7 +238,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pipeline_args", default="", help="extra flags for pipelines.extract in (c)")
     args = parser.parse_args(argv)
 
-    from atr_core.cnn14 import save_random_checkpoint
+    from atr_core.cnn14 import resolve_checkpoint, save_random_checkpoint
 
     work = Path(tempfile.mkdtemp(prefix="atr-bench-extract-"))
     ckpt = work / "Cnn14_random.pth"
@@ -256,17 +253,16 @@ def main(argv: list[str] | None = None) -> None:
         variants += [("eager_cl", 16)]
     if not args.skip_compile and not args.quick:
         variants += [("compile_cl", 8), ("compile_cl", 16)]
-    results["a_bare_model"] = bare_model(str(ckpt), variants, reps)
+    info = resolve_checkpoint(str(ckpt))  # validated and hashed once, as the pipeline does
+    results["a_bare_model"] = bare_model(info, variants, reps)
     best_a = max(results["a_bare_model"], key=lambda r: r["clips_per_s"])
-    naive = naive_model(str(ckpt), files[0])
+    naive = naive_model(info, files[0])
     results["b_naive_loop"] = naive_loop(naive, files[: (4 if args.quick else args.naive_files)])
 
     # This machine's speed drifts by +-20 % over minutes (shared hosts), so each pipeline run is
     # bracketed by the best (a) variant and by (b) measured right before and right after it; the
     # headline ratios divide by the mean of those two brackets.
-    from atr_core.cnn14 import resolve_checkpoint
-
-    best_model = build_variant(resolve_checkpoint(str(ckpt)), best_a["variant"])
+    best_model = build_variant(info, best_a["variant"])
     bracket_files = files[: (4 if args.quick else 16)]
 
     def brackets() -> dict[str, float]:
