@@ -236,12 +236,16 @@ def prepare_for_inference(
     compile: bool = False,
     allow_tf32: bool = False,
     fold_batchnorm: bool = True,
+    matmul_convs: bool | None = None,
 ) -> nn.Module:
-    """Speed knobs that keep outputs exact: eval, no grad, folded BatchNorm, channels-last, torch.compile.
+    """Speed knobs that keep outputs exact: eval, no grad, folded BatchNorm, matmul convs, channels-last.
 
     ``fold_batchnorm`` folds eval-mode BatchNorms into the convs before them when the model
     offers it (:meth:`~atr_core.cnn14.Cnn14Segments.fold_batchnorm_`; about 4e-6 relative
     rounding, well inside the exactness tolerance; 12-22 % faster on CPU in channels_last).
+    ``matmul_convs`` (default: on when the model is on CPU) computes the convs oneDNN runs slowly
+    as matrix products when the model offers it
+    (:meth:`~atr_core.cnn14.Cnn14Segments.use_matmul_convs_`; 1.5-3.5x faster on those layers).
     ``channels_last`` converts 4-D conv weights in place and makes a model with a
     ``channels_last`` attribute feed its conv body in that format. ``compile`` returns
     ``torch.compile(model)`` (compiles per input shape on first use; not picklable: apply it
@@ -256,6 +260,10 @@ def prepare_for_inference(
         torch.backends.cuda.matmul.allow_tf32 = False
     if fold_batchnorm and hasattr(model, "fold_batchnorm_"):
         model.fold_batchnorm_()
+    if matmul_convs is None:
+        matmul_convs = model_device(model).type == "cpu"
+    if matmul_convs and hasattr(model, "use_matmul_convs_"):
+        model.use_matmul_convs_()
     if channels_last and hasattr(model, "channels_last"):
         model.to(memory_format=torch.channels_last)
         model.channels_last = True

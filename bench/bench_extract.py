@@ -3,14 +3,16 @@
     python bench/bench_extract.py            # full run (about 16 minutes on 2 cores)
     python bench/bench_extract.py --quick    # a smoke run with few files
 
-(a) the bare model on pre-decoded 10 s batches (eager/channels_last/folded BatchNorm/torch.compile,
-    several batch sizes);
+(a) the bare model on pre-decoded 10 s batches (eager/channels_last/folded BatchNorm/matmul
+    convs/torch.compile, several batch sizes);
 (b) the naive loop a user would write: decode one file (librosa.load at 32 kHz), one forward, repeat;
 (c) `python -m pipelines.extract` end to end on the local runner over a corpus of mixed formats:
     1045 files (the size of Clotho's evaluation split), and the same over 120 and over 4 files (the
     fixed start-up cost);
 (d) peak RSS of the pipeline over a corpus that includes a 10-minute file.
-Each measurement that needs its own peak memory runs in a fresh subprocess. Results go to
+The bench process keeps freed memory for reuse (``atr_core.cpu_memory.retain_freed_memory``, as
+the pipeline's CPU workers do) before it measures (a) and (b), so both baselines get that ~10 %
+too. Each measurement that needs its own peak memory runs in a fresh subprocess. Results go to
 bench/results/extract.json; docs/benchmarks.md summarises them.
 """
 
@@ -80,7 +82,11 @@ def machine() -> dict:
 
 
 def build_variant(info, variant: str):
-    """Cnn14Segments prepared as ``variant`` says (cl: channels_last, compile, nofold: BatchNorm kept)."""
+    """Cnn14Segments prepared as ``variant`` says.
+
+    cl: channels_last; compile: torch.compile; nofold: BatchNorm kept; nomm: every conv on torch's
+    own kernel (no matmul convs).
+    """
     from atr_core.cnn14 import load_cnn14
     from atr_core.features import prepare_for_inference
 
@@ -89,6 +95,7 @@ def build_variant(info, variant: str):
         channels_last="cl" in variant,
         compile="compile" in variant,
         fold_batchnorm="nofold" not in variant,
+        matmul_convs="nomm" not in variant,
     )
 
 
@@ -127,6 +134,26 @@ def bare_model(info, variants: list[tuple[str, int]], reps: int) -> list[dict]:
         print("(a)", row, flush=True)
         out.append(row)
     return out
+
+
+def one_variant(spec: str, retain: bool) -> None:
+    """Print the (a) row of ``VARIANT:BATCH:CHECKPOINT`` as JSON, measured in this process."""
+    from atr_core.cnn14 import resolve_checkpoint
+    from atr_core.cpu_memory import retain_freed_memory
+
+    variant, bs, ckpt = spec.split(":", 2)
+    if retain:
+        retain_freed_memory()
+    (row,) = bare_model(resolve_checkpoint(ckpt), [(variant, int(bs))], reps=5)
+    print("ROW=" + json.dumps({**row, "freed_memory_retained": retain}), flush=True)
+
+
+def variant_in_subprocess(variant: str, bs: int, ckpt: str, retain: bool) -> dict:
+    """(a) for one variant in a fresh process (so glibc malloc has its default settings unless ``retain``)."""
+    cmd = [sys.executable, __file__, "--one_variant", f"{variant}:{bs}:{ckpt}"]
+    cmd += [] if retain else ["--no_retain"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(next(x for x in out.stdout.splitlines() if x.startswith("ROW="))[4:])
 
 
 def cnn14_gflop_per_clip(info) -> float:
@@ -236,9 +263,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--naive_files", type=int, default=48)
     parser.add_argument("--skip_compile", action="store_true", help="leave torch.compile out of (a)")
     parser.add_argument("--pipeline_args", default="", help="extra flags for pipelines.extract in (c)")
+    parser.add_argument("--one_variant", default=None, help=argparse.SUPPRESS)  # VARIANT:BATCH:CKPT
+    parser.add_argument("--no_retain", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.one_variant:  # (a) for one variant in this fresh process; prints its row as JSON
+        one_variant(args.one_variant, retain=not args.no_retain)
+        return
 
     from atr_core.cnn14 import resolve_checkpoint, save_random_checkpoint
+    from atr_core.cpu_memory import retain_freed_memory
+
+    retained = retain_freed_memory()  # as the pipeline's CPU workers do; (a) and (b) get it too
 
     work = Path(tempfile.mkdtemp(prefix="atr-bench-extract-"))
     ckpt = work / "Cnn14_random.pth"
@@ -246,9 +281,10 @@ def main(argv: list[str] | None = None) -> None:
     n_files = 8 if args.quick else args.files
     reps = 1 if args.quick else 5
     files = make_corpus(work / "corpus", n_files)
-    results: dict = {"machine": machine(), "quick": args.quick}
+    results: dict = {"machine": machine(), "quick": args.quick, "freed_memory_retained": retained}
 
-    variants = [("eager_nofold", 1), ("eager", 1), ("eager_cl_nofold", 8), ("eager_cl", 4), ("eager_cl", 8)]
+    variants = [("eager_nofold_nomm", 1), ("eager", 1), ("eager_cl_nomm", 8)]
+    variants += [("eager_cl", 1), ("eager_cl", 4), ("eager_cl", 8)]
     if not args.quick:
         variants += [("eager_cl", 16)]
     if not args.skip_compile and not args.quick:
@@ -256,6 +292,11 @@ def main(argv: list[str] | None = None) -> None:
     info = resolve_checkpoint(str(ckpt))  # validated and hashed once, as the pipeline does
     results["a_bare_model"] = bare_model(info, variants, reps)
     best_a = max(results["a_bare_model"], key=lambda r: r["clips_per_s"])
+    if not args.quick:  # what keeping freed memory is worth: the best variant with glibc's defaults
+        results["a_default_malloc"] = [
+            variant_in_subprocess(best_a["variant"], best_a["batch"], str(ckpt), retain)
+            for retain in (False, True, False)
+        ]
     naive = naive_model(info, files[0])
     results["b_naive_loop"] = naive_loop(naive, files[: (4 if args.quick else args.naive_files)])
 

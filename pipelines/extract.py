@@ -41,6 +41,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 from atr_core import __version__, features, manifest, shards
 from atr_core.audio import TARGET_SR, decode_audio, is_silent, pad_to_minimum
 from atr_core.cnn14 import OFFICIAL_URL, CheckpointInfo
+from atr_core.cpu_memory import retain_freed_memory
 from atr_core.errors import ConfigMismatchError, DecodeError, InputError, OutputExistsError
 from atr_core.manifest import ClipEntry
 from atr_core.storage import expand_glob
@@ -49,6 +50,7 @@ from atr_core.windows import (
     DEFAULT_MAX_WINDOW_S,
     Window,
     forward_exact_batch,
+    model_device,
     plan_windows,
     stitch,
 )
@@ -208,6 +210,13 @@ class ExtractOptions(PipelineOptions):
         )
         run.add_argument(
             "--num_threads", type=int, default=0, help="torch intra-op threads per worker (0 = torch default)"
+        )
+        run.add_argument(
+            "--no_retain_memory",
+            dest="retain_memory",
+            action="store_false",
+            help="leave glibc malloc's defaults alone on CPU workers (by default freed memory is kept "
+            "for reuse: ~10%% faster CNN14 batches, a few hundred MB more resident)",
         )
         run.add_argument(
             "--decode_threads",
@@ -518,6 +527,7 @@ class SegmentModelHandler(ModelHandler[np.ndarray, PredictionResult, Any]):
         compile: bool = False,
         num_threads: int = 0,
         max_batch_samples: int = DEFAULT_MAX_BATCH_SAMPLES,
+        retain_memory: bool = True,
     ):
         super().__init__()
         self._feature = feature
@@ -528,6 +538,7 @@ class SegmentModelHandler(ModelHandler[np.ndarray, PredictionResult, Any]):
         self._compile = compile
         self._num_threads = num_threads
         self._max_batch_samples = max_batch_samples
+        self._retain_memory = retain_memory
 
     def load_model(self) -> Any:
         import torch
@@ -535,6 +546,8 @@ class SegmentModelHandler(ModelHandler[np.ndarray, PredictionResult, Any]):
         if self._num_threads > 0:
             torch.set_num_threads(self._num_threads)
         model = features.build_feature_model(self._feature, self._checkpoint, self._device)
+        if self._retain_memory and model_device(model).type == "cpu":
+            retain_freed_memory()  # no page faults on every batch (atr_core.cpu_memory)
         return features.prepare_for_inference(model, channels_last=self._channels_last, compile=self._compile)
 
     def _forward(self, waves: Sequence[np.ndarray], model: Any) -> list[np.ndarray]:
@@ -852,6 +865,7 @@ def build_pipeline(p: beam.Pipeline, plan: Plan) -> None:
             compile=o.compile,
             num_threads=o.num_threads,
             max_batch_samples=max_batch_samples,
+            retain_memory=o.retain_memory,
         )
     ).with_no_batching()
     results, dlq = (

@@ -489,3 +489,10 @@ def test_decode_threads_option_is_checked(tmp_path):
                  "--decode_threads", "-1"]
             )
         )  # fmt: skip
+
+
+def test_retain_memory_is_on_by_default_and_can_be_turned_off():
+    assert extract.ExtractOptions([]).retain_memory is True
+    assert extract.ExtractOptions(["--no_retain_memory"]).retain_memory is False
+    handler = extract.SegmentModelHandler("lms", None, retain_memory=False)
+    assert handler._retain_memory is False

@@ -195,3 +195,42 @@ def test_cnn14_folded_batchnorm_is_exact_and_pickles(cnn14_model, long_clips):
 def test_cnn14_unfolded_keeps_batchnorm(cnn14_model):
     plain = prepare_for_inference(pickle.loads(pickle.dumps(cnn14_model)), fold_batchnorm=False)
     assert not plain.batchnorm_folded and isinstance(plain.conv_block1.bn1, torch.nn.BatchNorm2d)
+
+
+def test_cnn14_matmul_convs_are_exact_and_pickle(cnn14_model, long_clips):
+    from atr_core.cnn14 import MATMUL_CONVS
+    from atr_core.matmul_conv import PatchMatmulConv2d
+
+    xs, refs = long_clips
+    fast = prepare_for_inference(pickle.loads(pickle.dumps(cnn14_model)))  # CPU: on by default
+    assert fast.matmul_convs and not cnn14_model.matmul_convs
+    swapped = [type(fast.get_submodule(name)) for name in MATMUL_CONVS]
+    assert swapped == [PatchMatmulConv2d] * 3
+    assert type(fast.conv_block5.conv2) is torch.nn.Conv2d  # oneDNN's conv is fast there
+    assert type(fast.spectrogram_extractor.stft.conv_real) is torch.nn.Conv1d  # see the next test
+    assert fast.state_dict().keys() == prepare_for_inference(
+        pickle.loads(pickle.dumps(cnn14_model)), matmul_convs=False
+    ).state_dict().keys()
+    assert_exact(extract_clip(fast, xs[0], MAX_WINDOW_8S), refs[0])
+    again = pickle.loads(pickle.dumps(fast))
+    assert again.matmul_convs and isinstance(again.conv_block6.conv2, PatchMatmulConv2d)
+    with torch.inference_mode():
+        x = torch.from_numpy(xs[2])[None]
+        assert torch.equal(again(x), fast(x))
+
+
+def test_cnn14_matmul_convs_can_be_turned_off(cnn14_model):
+    plain = prepare_for_inference(pickle.loads(pickle.dumps(cnn14_model)), matmul_convs=False)
+    assert not plain.matmul_convs and type(plain.conv_block6.conv1) is torch.nn.Conv2d
+
+
+def test_cnn14_fast_model_is_exact_on_a_pure_tone(cnn14_model, cnn14_reference):
+    """A pure tone leaves most STFT bins near zero, where the log amplifies rounding: the STFT
+    stays on torch's conv (as a matmul it moved 1.3e-4 of the output scale)."""
+    t = np.arange(int(1.6 * SR)) / SR
+    tone = (0.5 * np.sin(2 * np.pi * 440.0 * t)).astype(np.float32)
+    fast = prepare_for_inference(pickle.loads(pickle.dumps(cnn14_model)))
+    got = extract_clip(fast, tone)
+    ref = cnn14_reference(tone)
+    assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max()
+
