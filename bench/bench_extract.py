@@ -11,8 +11,10 @@
     fixed start-up cost);
 (d) peak RSS of the pipeline over a corpus that includes a 10-minute file.
 The bench process keeps freed memory for reuse (``atr_core.cpu_memory.retain_freed_memory``, as
-the pipeline's CPU workers do) before it measures (a) and (b), so both baselines get that ~10 %
-too. Each measurement that needs its own peak memory runs in a fresh subprocess. Results go to
+the pipeline's CPU workers do) before it measures (a): it is one of the best settings. (b) runs in
+fresh subprocesses with glibc's default malloc, as a user's loop would, and so does one extra (a)
+row that shows what keeping freed memory is worth. Each measurement that needs its own peak memory
+runs in a fresh subprocess. Results go to
 bench/results/extract.json; docs/benchmarks.md summarises them.
 """
 
@@ -189,6 +191,15 @@ def naive_model(info, warm_file: Path):
     return model
 
 
+def naive_in_subprocess(ckpt: str, files: list[Path], label: str = "(b)") -> dict:
+    """(b) over ``files`` in a fresh process (glibc's default malloc, as a user's script has)."""
+    cmd = [sys.executable, __file__, "--naive_run", ckpt, *map(str, files)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    row = json.loads(next(x for x in out.stdout.splitlines() if x.startswith("ROW="))[4:])
+    print(label, row, flush=True)
+    return row
+
+
 def naive_loop(model, files: list[Path], label: str = "(b)") -> dict:
     """What a user writes first: librosa.load one file at 32 kHz mono, one forward, repeat."""
     import librosa
@@ -265,7 +276,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pipeline_args", default="", help="extra flags for pipelines.extract in (c)")
     parser.add_argument("--one_variant", default=None, help=argparse.SUPPRESS)  # VARIANT:BATCH:CKPT
     parser.add_argument("--no_retain", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--naive_run", nargs="+", default=None, help=argparse.SUPPRESS)  # CKPT FILE...
     args = parser.parse_args(argv)
+    if args.naive_run:  # (b) in this fresh process, warmed up on the first file; prints its row as JSON
+        from atr_core.cnn14 import resolve_checkpoint
+
+        ckpt, *paths = args.naive_run
+        model = naive_model(resolve_checkpoint(ckpt), Path(paths[0]))
+        row = naive_loop(model, [Path(p) for p in paths], label="(b) subprocess")
+        print("ROW=" + json.dumps(row), flush=True)
+        return
     if args.one_variant:  # (a) for one variant in this fresh process; prints its row as JSON
         one_variant(args.one_variant, retain=not args.no_retain)
         return
@@ -297,8 +317,7 @@ def main(argv: list[str] | None = None) -> None:
             variant_in_subprocess(best_a["variant"], best_a["batch"], str(ckpt), retain)
             for retain in (False, True, False)
         ]
-    naive = naive_model(info, files[0])
-    results["b_naive_loop"] = naive_loop(naive, files[: (4 if args.quick else args.naive_files)])
+    results["b_naive_loop"] = naive_in_subprocess(str(ckpt), files[: (4 if args.quick else args.naive_files)])
 
     # This machine's speed drifts by +-20 % over minutes (shared hosts), so each pipeline run is
     # bracketed by the best (a) variant and by (b) measured right before and right after it; the
@@ -308,7 +327,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def brackets() -> dict[str, float]:
         _, med = time_model(best_model, best_a["batch"], max(1, reps - 2))
-        b = naive_loop(naive, bracket_files, label="(b) bracket")
+        b = naive_in_subprocess(str(ckpt), bracket_files, label="(b) bracket")
         row = {"a_best_clips_per_s": round(best_a["batch"] / med, 3), "b_clips_per_s": b["clips_per_s"]}
         print("bracket", row, flush=True)
         return row
