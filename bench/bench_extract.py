@@ -1,6 +1,6 @@
 """Extraction benchmark: bare CNN14 vs the naive per-file loop vs the Beam pipeline, in one run.
 
-    python bench/bench_extract.py            # full run (about 16 minutes on 2 cores)
+    python bench/bench_extract.py            # full run (about 18 minutes on 2 cores)
     python bench/bench_extract.py --quick    # a smoke run with few files
 
 (a) the bare model on pre-decoded 10 s batches (eager/channels_last/folded BatchNorm/matmul
