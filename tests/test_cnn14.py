@@ -33,7 +33,7 @@ from atr_core.errors import CheckpointError, InputError
 from atr_core.features import FEATURES, build_feature_model, feature_identity
 from atr_core.lms import LogMelSegments
 from atr_core.storage import sha256_file
-from atr_core.windows import forward_exact_batch
+from atr_core.windows import forward_exact_batch, prepare_for_inference
 from tests.audio_fixtures import assert_exact
 from tests.audio_fixtures import sweep_clip as clip
 
@@ -60,9 +60,15 @@ def test_segments_equal_panns_reference(cnn14_model, cnn14_reference):
         assert_exact(out, cnn14_reference(x))
 
 
-def test_mixed_batch_equals_each_clip_alone(cnn14_model, cnn14_reference):
+@pytest.mark.parametrize("prepared", [False, True], ids=["plain", "prepared"])
+def test_mixed_batch_equals_each_clip_alone(cnn14_model, cnn14_reference, prepared):
+    """Also for the CPU-prepared model (folded BatchNorm, matmul convs, channels_last)."""
+    model = cnn14_model
+    if prepared:
+        model = prepare_for_inference(pickle.loads(pickle.dumps(cnn14_model)))
+        assert model.matmul_convs and model.batchnorm_folded and model.channels_last
     xs = [clip(2.3, seed=1), clip(4.0, seed=2), clip(2.3, seed=3), clip(0.2, seed=4), clip(4.0, seed=5)]
-    outs = forward_exact_batch(cnn14_model, xs)
+    outs = forward_exact_batch(model, xs)
     assert outs[3].shape == (0, EMBED_DIM)  # shorter than one segment: the pipeline pads it first
     for x, out in zip(xs, outs, strict=True):
         if len(out):
