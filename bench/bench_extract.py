@@ -221,13 +221,19 @@ def naive_loop(model, files: list[Path], label: str = "(b)") -> dict:
 # --------------------------------------------------------------------------------------------
 
 
+# Peak RSS is this process image's VmHWM: ru_maxrss would not do, since Linux carries the parent's
+# high-water mark into a child across fork/vfork + exec (the bench process holds models: ~2.4 GB).
 RSS_WRAPPER = """
 import json, resource, runpy, sys
 sys.argv = ["pipelines.extract"] + sys.argv[1:]
 try:
     runpy.run_module("pipelines.extract", run_name="__main__")
 finally:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    try:
+        with open("/proc/self/status") as status:
+            peak = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     sys.stderr.write("ATR_PEAK_RSS_KB=%d\\n" % peak)
 """
 
