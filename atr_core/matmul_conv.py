@@ -17,14 +17,6 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def _check_supported(conv: nn.Conv2d) -> None:
-    """Raise ValueError unless ``conv`` is a plain zero-padded, stride-1, dense convolution."""
-    if conv.groups != 1 or any(d != 1 for d in conv.dilation) or conv.padding_mode != "zeros":
-        raise ValueError(f"unsupported conv for a matmul kernel: {conv}")
-    if isinstance(conv.padding, str):
-        raise ValueError(f"string padding is not supported by the matmul kernel: {conv}")
-
-
 class PatchMatmulConv2d(nn.Conv2d):
     """A stride-1 ``Conv2d`` as one matrix product: (B*H*W, kh*kw*C) patches @ (kh*kw*C, out).
 
@@ -35,8 +27,15 @@ class PatchMatmulConv2d(nn.Conv2d):
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d) -> PatchMatmulConv2d:
-        """The matmul version of ``conv``, sharing its parameters."""
-        _check_supported(conv)
+        """The matmul version of ``conv``, sharing its parameters.
+
+        Raises ValueError unless ``conv`` is a dense, stride-1, zero-padded convolution with
+        numeric padding.
+        """
+        if conv.groups != 1 or any(d != 1 for d in conv.dilation) or conv.padding_mode != "zeros":
+            raise ValueError(f"unsupported conv for a matmul kernel: {conv}")
+        if isinstance(conv.padding, str):
+            raise ValueError(f"string padding is not supported by the matmul kernel: {conv}")
         if conv.stride != (1, 1):
             raise ValueError(f"PatchMatmulConv2d needs stride 1: {conv}")
         new = cls(  # built on the meta device (no allocation, no init), then given conv's parameters

@@ -152,9 +152,13 @@ def one_variant(spec: str, retain: bool) -> None:
 
 def variant_in_subprocess(variant: str, bs: int, ckpt: str, retain: bool) -> dict:
     """(a) for one variant in a fresh process (so glibc malloc has its default settings unless ``retain``)."""
-    cmd = [sys.executable, __file__, "--one_variant", f"{variant}:{bs}:{ckpt}"]
-    cmd += [] if retain else ["--no_retain"]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    args = ["--one_variant", f"{variant}:{bs}:{ckpt}"]
+    return row_from_subprocess(args if retain else [*args, "--no_retain"])
+
+
+def row_from_subprocess(args: list[str]) -> dict:
+    """Run this script with ``args`` in a fresh process and return the row it prints as ``ROW=<json>``."""
+    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, check=True)
     return json.loads(next(x for x in out.stdout.splitlines() if x.startswith("ROW="))[4:])
 
 
@@ -193,9 +197,7 @@ def naive_model(info, warm_file: Path):
 
 def naive_in_subprocess(ckpt: str, files: list[Path], label: str = "(b)") -> dict:
     """(b) over ``files`` in a fresh process (glibc's default malloc, as a user's script has)."""
-    cmd = [sys.executable, __file__, "--naive_run", ckpt, *map(str, files)]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    row = json.loads(next(x for x in out.stdout.splitlines() if x.startswith("ROW="))[4:])
+    row = row_from_subprocess(["--naive_run", ckpt, *map(str, files)])
     print(label, row, flush=True)
     return row
 
@@ -221,20 +223,17 @@ def naive_loop(model, files: list[Path], label: str = "(b)") -> dict:
 # --------------------------------------------------------------------------------------------
 
 
-# Peak RSS is this process image's VmHWM: ru_maxrss would not do, since Linux carries the parent's
-# high-water mark into a child across fork/vfork + exec (the bench process holds models: ~2.4 GB).
-RSS_WRAPPER = """
-import json, resource, runpy, sys
+# The pipeline's own peak RSS: benchutil.peak_kb reads VmHWM (ru_maxrss would report the bench
+# process's high-water mark, which Linux carries into a child across fork + exec).
+RSS_WRAPPER = f"""
+import runpy, sys
+sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
+from benchutil import peak_kb
 sys.argv = ["pipelines.extract"] + sys.argv[1:]
 try:
     runpy.run_module("pipelines.extract", run_name="__main__")
 finally:
-    try:
-        with open("/proc/self/status") as status:
-            peak = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
-    except (OSError, StopIteration):
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    sys.stderr.write("ATR_PEAK_RSS_KB=%d\\n" % peak)
+    sys.stderr.write("ATR_PEAK_RSS_KB=%d\\n" % peak_kb())
 """
 
 

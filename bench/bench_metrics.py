@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -36,7 +35,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from benchutil import machine_basics
+from benchutil import machine_basics, peak_kb, status_kb
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -100,16 +99,6 @@ def make_inputs(n_clips: int, dim: int, seed: int, signal: float) -> tuple[np.nd
 # --------------------------------------------------------------------------- memory
 
 
-def _status_kb(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
 def reset_peak() -> bool:
     """Reset VmHWM to the current RSS (Linux >= 4.0); False where not possible."""
     try:
@@ -117,11 +106,6 @@ def reset_peak() -> bool:
         return True
     except OSError:
         return False
-
-
-def peak_kb() -> int:
-    hwm = _status_kb("VmHWM")
-    return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 # --------------------------------------------------------------------------- worker
@@ -134,7 +118,7 @@ def worker(args: argparse.Namespace) -> None:
     audio, lazy, c2c = make_inputs(args.clips, args.dim, args.seed, args.signal)
     text = lazy[0 : lazy.shape[0]] if args.worker == "naive" or args.materialise else lazy
     lazy.generation_s = 0.0
-    rss_before = _status_kb("VmRSS") or 0
+    rss_before = status_kb("VmRSS") or 0
     exact_peak = reset_peak()
     block_size = args.block_size or M.auto_block_size(args.clips)
     t0 = time.perf_counter()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import resource
 from pathlib import Path
 
 
@@ -26,3 +27,25 @@ def machine_basics() -> dict:
         "load_avg_1m": os.getloadavg()[0],
         "python": platform.python_version(),
     }
+
+
+def status_kb(field: str) -> int | None:
+    """A ``kB`` field of /proc/self/status (VmRSS, VmHWM, ...), or None where it cannot be read."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def peak_kb() -> int:
+    """This process image's peak RSS in kB: VmHWM, else ``ru_maxrss``.
+
+    Prefer VmHWM: Linux carries a parent's ``ru_maxrss`` into a child across fork/vfork + exec,
+    while VmHWM belongs to the process image (and can be reset through /proc/self/clear_refs).
+    """
+    hwm = status_kb("VmHWM")
+    return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
