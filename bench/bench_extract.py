@@ -1,6 +1,6 @@
 """Extraction benchmark: bare CNN14 vs the naive per-file loop vs the Beam pipeline, in one run.
 
-    python bench/bench_extract.py            # full run (about 18 minutes on 2 cores)
+    python bench/bench_extract.py            # full run (about 20 minutes on 2 cores)
     python bench/bench_extract.py --quick    # a smoke run with few files
 
 (a) the bare model on pre-decoded 10 s batches (eager/channels_last/folded BatchNorm/matmul
@@ -9,7 +9,8 @@
 (c) `python -m pipelines.extract` end to end on the local runner over a corpus of mixed formats:
     1045 files (the size of Clotho's evaluation split), and the same over 120 and over 4 files (the
     fixed start-up cost);
-(d) peak RSS of the pipeline over a corpus that includes a 10-minute file.
+(d) peak RSS of the pipeline over a corpus that includes a 10-minute file;
+(e) writing segment shards: Beam's WriteToParquetBatched settings vs atr's ParquetTableSink.
 The bench process keeps freed memory for reuse (``atr_core.cpu_memory.retain_freed_memory``, as
 the pipeline's CPU workers do) before it measures (a): it is one of the best settings. (b) runs in
 fresh subprocesses with glibc's default malloc, as a user's loop would, and so does one extra (a)
@@ -38,28 +39,38 @@ SR = 32000
 CLIP_S = 10.0
 
 
+FORMATS = [("wav", "PCM_16"), ("flac", "PCM_16"), ("mp3", "MPEG_LAYER_III"), ("ogg", "VORBIS")]
+
+
+def write_clip(folder: Path, i: int, seconds: float) -> Path:
+    """Clip ``i`` of the corpus: a 44.1 kHz stereo tone in noise, in the i-th format of FORMATS."""
+    import soundfile as sf
+
+    sr = 44100
+    t = np.arange(int(seconds * sr)) / sr
+    ext, subtype = FORMATS[i % len(FORMATS)]
+    f0 = 110.0 * (1 + i % 17)
+    tone = 0.3 * np.sin(2 * np.pi * f0 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 0.5 * t))
+    noise = 0.05 * np.random.default_rng(i).standard_normal((len(t), 2))
+    path = folder / f"clip_{i:04d}.{ext}"
+    sf.write(path, (tone[:, None] + noise).astype(np.float32), sr, subtype=subtype)
+    return path
+
+
 def make_corpus(folder: Path, n_files: int, seconds: float = CLIP_S, long_file_s: float = 0.0) -> list[Path]:
-    """Write ``n_files`` 44.1 kHz stereo clips in WAV/FLAC/MP3/OGG rotation (and one long WAV if asked)."""
+    """Write ``n_files`` clips in WAV/FLAC/MP3/OGG rotation (and one long WAV if asked), on every core."""
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
     import soundfile as sf
 
     folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    sr = 44100
-    t = np.arange(int(seconds * sr)) / sr
-    formats = [("wav", "PCM_16"), ("flac", "PCM_16"), ("mp3", "MPEG_LAYER_III"), ("ogg", "VORBIS")]
-    paths = []
-    for i in range(n_files):
-        ext, subtype = formats[i % len(formats)]
-        f0 = 110.0 * (1 + i % 17)
-        tone = 0.3 * np.sin(2 * np.pi * f0 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 0.5 * t))
-        noise = 0.05 * rng.standard_normal((len(t), 2))
-        audio = (tone[:, None] + noise).astype(np.float32)
-        path = folder / f"clip_{i:04d}.{ext}"
-        sf.write(path, audio, sr, subtype=subtype)
-        paths.append(path)
+    with ProcessPoolExecutor(os.cpu_count() or 1) as pool:  # MP3 and Vorbis encoding is slow
+        paths = list(pool.map(write_clip, [folder] * n_files, range(n_files), [seconds] * n_files))
     if long_file_s:
-        n = int(long_file_s * sr)
-        long = (0.1 * rng.standard_normal(n)).astype(np.float32)
+        sr = 44100
+        rng = np.random.default_rng(n_files)
+        long = (0.1 * rng.standard_normal(int(long_file_s * sr))).astype(np.float32)
         path = folder / "long_10min.wav"
         sf.write(path, long, sr, subtype="PCM_16")
         paths.append(path)
@@ -265,6 +276,69 @@ def pipeline_run(input_glob: str, output: Path, checkpoint: str, extra: list[str
     return {"wall_s": round(wall, 2), "peak_rss_mb": peak_mb, "summary": summary, "args": extra}
 
 
+# --------------------------------------------------------------------------------------------
+# (e) shard writing
+# --------------------------------------------------------------------------------------------
+
+
+def shard_writing(folder: Path, n_tables: int = 8, rows: int = 64, reps: int = 3) -> dict:
+    """ms and bytes per 10 s clip to write segment shards: Beam's WriteToParquetBatched settings
+    (pyarrow's defaults: dictionary and statistics on every column) vs atr's ParquetTableSink."""
+    import pyarrow.parquet as pq
+
+    from atr_core import shards
+    from pipelines.parquet_sink import ParquetTableSink
+
+    ident = shards.ShardIdentity("cnn14", 2048, "float16", "bench", "0" * 64)
+    schema = shards.segment_schema(ident)
+    rng = np.random.default_rng(0)
+    row = {"split": None, "duration_s": CLIP_S, "source_sample_rate": 44100, "source_channels": 2}
+    row |= {"num_segments": 31, "feature": "cnn14", "checkpoint_sha256": "0" * 64, "package_version": "b"}
+    tables = [
+        shards.rows_to_table(
+            [
+                {
+                    **row,
+                    "audio_id": f"clip_{t}_{i}.wav",
+                    "uri": f"/corpus/clip_{t}_{i}.wav",
+                    "embedding": np.maximum(rng.standard_normal((31, 2048)), 0).astype(np.float16),
+                }
+                for i in range(rows)
+            ],
+            schema,
+        )
+        for t in range(n_tables)
+    ]
+
+    def beam_default(path: Path) -> None:
+        with pq.ParquetWriter(path, schema, compression="zstd") as w:
+            for t in tables:
+                w.write_table(t)
+
+    def atr_sink(path: Path) -> None:
+        sink = ParquetTableSink(str(folder / "x"), schema, codec="zstd")
+        handle = sink.open(str(path))
+        for t in tables:
+            sink.write_record(handle, t)
+        sink.close(handle)
+
+    out = {}
+    clips = n_tables * rows
+    for name, write in (("beam_default", beam_default), ("atr_sink", atr_sink)):
+        times = []
+        for r in range(reps):
+            path = folder / f"{name}_{r}.parquet"
+            t0 = time.perf_counter()
+            write(path)
+            times.append(time.perf_counter() - t0)
+        size = path.stat().st_size
+        ms = round(min(times) / clips * 1000, 3)
+        out[name] = {"ms_per_clip": ms, "kb_per_clip": round(size / clips / 1024, 1)}
+    out["speedup"] = round(out["beam_default"]["ms_per_clip"] / out["atr_sink"]["ms_per_clip"], 2)
+    print("(e) shard writing", out, flush=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     fmt = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=fmt)
@@ -384,6 +458,8 @@ def main(argv: list[str] | None = None) -> None:
     results["ratios"]["a_best_over_b"] = round(
         best_a["clips_per_s"] / results["b_naive_loop"]["clips_per_s"], 3
     )
+
+    results["e_shard_writing"] = shard_writing(work)
 
     if not args.quick:
         long_dir = work / "corpus_long"

@@ -54,6 +54,7 @@ from pipelines.common import (
     with_default_runner,
     write_json,
 )
+from pipelines.parquet_sink import WriteParquetTables
 
 LOG = logging.getLogger("pipelines.embed")
 NS = "atr.embed"
@@ -645,7 +646,7 @@ class WriteVectors(beam.PTransform):
             | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self._rows)
             | "ToTable" >> beam.Map(vectors_to_table, schema)
             | "Write"
-            >> beam.io.WriteToParquetBatched(
+            >> WriteParquetTables(
                 self._prefix,
                 schema,
                 codec="zstd",

@@ -14,6 +14,7 @@ the Beam metrics. See docs/extract.md and docs/shards.md.
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import json
 import logging
@@ -22,7 +23,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -43,6 +44,7 @@ from atr_core.audio import TARGET_SR, decode_audio, is_silent, pad_to_minimum
 from atr_core.cnn14 import OFFICIAL_URL, CheckpointInfo
 from atr_core.cpu_memory import retain_freed_memory
 from atr_core.errors import ConfigMismatchError, DecodeError, InputError, OutputExistsError
+from atr_core.idle_pool import IdlePriorityPool
 from atr_core.manifest import ClipEntry
 from atr_core.storage import expand_glob
 from atr_core.windows import (
@@ -62,6 +64,7 @@ from pipelines.common import (
     with_default_runner,
     write_json,
 )
+from pipelines.parquet_sink import WriteParquetTables
 
 LOG = logging.getLogger("pipelines.extract")
 NS = "atr.extract"
@@ -181,13 +184,13 @@ class ExtractOptions(PipelineOptions):
             help="torch device on the workers (auto: cuda when available, else cpu)",
         )
         run.add_argument(
-            "--batch_size", type=int, default=16, help="max clips (windows) per model batch (default 16)"
+            "--batch_size", type=int, default=8, help="max clips (windows) per model batch (default 8)"
         )
         run.add_argument(
             "--max_batch_audio_s",
             type=float,
-            default=160.0,
-            help="max total audio seconds per model batch; bounds activation memory (default 160). "
+            default=DEFAULT_MAX_BATCH_SAMPLES / TARGET_SR,
+            help="max total audio seconds per model batch; bounds activation memory (default %(default)g). "
             "A single window longer than this runs alone",
         )
         run.add_argument(
@@ -222,8 +225,21 @@ class ExtractOptions(PipelineOptions):
             "--decode_threads",
             type=int,
             default=0,
-            help="audio decoding threads per worker (0 = the CPU count, at most 8); they decode "
-            "2 x this many files at a time between model calls",
+            help="audio decoding threads per worker (0 = the CPU count, at most 8)",
+        )
+        run.add_argument(
+            "--decode_ahead",
+            type=int,
+            default=0,
+            help="files decoded ahead of the model while it runs (0 = the larger of 2 x --decode_threads "
+            "and --batch_size); each holds its 32 kHz waveform until used (77 MB for 10 minutes)",
+        )
+        run.add_argument(
+            "--no_idle_decode",
+            dest="idle_decode",
+            action="store_false",
+            help="run the decode threads at normal priority (by default they run at idle priority on "
+            "Linux, using only the CPU time the model leaves free, and are raised while waited on)",
         )
 
 
@@ -385,19 +401,31 @@ def default_decode_threads() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
-class DecodeFn(beam.DoFn):
-    """Decodes clips to 32 kHz mono float32, ``threads`` files at a time.
+def default_decode_ahead(threads: int, batch_size: int) -> int:
+    """Files decoded ahead when --decode_ahead is 0: enough for the next batch, and every thread busy."""
+    return max(2 * threads, batch_size, 1)
 
-    Entries are gathered into groups of ``2 * threads`` and each group is decoded by a thread pool
-    (libsndfile, soxr and numpy release the GIL), so decoding uses every core between model
-    calls. At most one group of decoded clips is held. The file is decoded in blocks straight
-    from the open handle, so a long file is never held as bytes. Every output keeps its input's
-    timestamp and window. Main output: ``(ClipInfo, waveform)`` with the waveform padded to the
-    model minimum. Tagged ``failed``: failure records (see :func:`decode_entry`).
+
+class DecodeFn(beam.DoFn):
+    """Decodes clips to 32 kHz mono float32 on background threads, ``ahead`` files ahead of its output.
+
+    Each entry is queued on an :class:`~atr_core.idle_pool.IdlePriorityPool` of ``threads``
+    threads as it arrives; a clip is emitted once ``ahead`` newer entries are queued behind it (or
+    at the end of the bundle), so the next files decode while the model runs on the current batch.
+    The decode threads run at idle priority where Linux allows it: they take the cycles a CPU
+    forward leaves free and do not slow it down, and they are raised to normal priority whenever
+    this DoFn has to wait for them. libsndfile, soxr and numpy release the GIL. At most ``ahead``
+    decoded clips are held. The file is decoded in blocks straight from the open handle, so a long
+    file is never held as bytes. Every output keeps its input's timestamp and window. Main output:
+    ``(ClipInfo, waveform)`` with the waveform padded to the model minimum. Tagged ``failed``:
+    failure records (see :func:`decode_entry`).
     """
 
-    def __init__(self, threads: int = 0):
+    def __init__(self, threads: int = 0, ahead: int = 0, batch_size: int = 1, idle_priority: bool = True):
         self._threads = threads
+        self._ahead_arg = ahead
+        self._batch_size = batch_size
+        self._idle_priority = idle_priority
 
     def setup(self) -> None:
         self._files_read = _counter("files_read")
@@ -405,43 +433,41 @@ class DecodeFn(beam.DoFn):
         self._padded = _counter("clips_padded")
         self._silent = _counter("clips_silent")
         threads = self._threads if self._threads > 0 else default_decode_threads()
-        self._group = 2 * threads if threads > 1 else 1
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="atr-decode") if threads > 1 else None
+        self._ahead = self._ahead_arg or default_decode_ahead(threads, self._batch_size)
+        self._pool = IdlePriorityPool(threads, name="atr-decode", idle=self._idle_priority)
 
     def start_bundle(self) -> None:
-        self._pending: list[tuple[ClipEntry, Any, Any]] = []
+        self._queued: collections.deque[tuple[Future, Any, Any]] = collections.deque()
 
     def process(
         self, entry: ClipEntry, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam
     ) -> Iterator[Any]:
-        self._pending.append((entry, timestamp, window))
-        if len(self._pending) >= self._group:
-            yield from self._drain()
+        self._queued.append((self._pool.submit(decode_entry, entry), timestamp, window))
+        while len(self._queued) > self._ahead:
+            yield from self._emit(*self._queued.popleft())
 
     def finish_bundle(self) -> Iterator[Any]:
-        yield from self._drain()
+        while self._queued:
+            yield from self._emit(*self._queued.popleft())
 
     def teardown(self) -> None:
         if getattr(self, "_pool", None) is not None:
             self._pool.shutdown(wait=True)
 
-    def _drain(self) -> Iterator[Any]:
-        pending, self._pending = self._pending, []
-        entries = [entry for entry, _, _ in pending]
-        outcomes = self._pool.map(decode_entry, entries) if self._pool else map(decode_entry, entries)
-        for (_, timestamp, window), out in zip(pending, outcomes, strict=True):
-            # counters are thread-local in Beam: update them here, in the bundle's thread
-            if out.file_read:
-                self._files_read.inc()
-            if out.failure is not None:
-                yield beam.pvalue.TaggedOutput(FAILED, WindowedValue(out.failure, timestamp, [window]))
-                continue
-            self._audio_ms.inc(out.audio_ms)
-            if out.silent:
-                self._silent.inc()
-            if out.padded:
-                self._padded.inc()
-            yield WindowedValue(out.clip, timestamp, [window])
+    def _emit(self, future: Future, timestamp: Any, window: Any) -> Iterator[Any]:
+        out = self._pool.result(future)
+        # counters are thread-local in Beam: update them here, in the bundle's thread
+        if out.file_read:
+            self._files_read.inc()
+        if out.failure is not None:
+            yield beam.pvalue.TaggedOutput(FAILED, WindowedValue(out.failure, timestamp, [window]))
+            return
+        self._audio_ms.inc(out.audio_ms)
+        if out.silent:
+            self._silent.inc()
+        if out.padded:
+            self._padded.inc()
+        yield WindowedValue(out.clip, timestamp, [window])
 
 
 class WindowFn(beam.DoFn):
@@ -746,6 +772,8 @@ def _check_numbers(opts: ExtractOptions) -> None:
         raise InputError(f"--max_window_s {opts.max_window_s:g}: {exc}") from None
     if opts.decode_threads < 0:
         raise InputError(f"--decode_threads must be >= 0 (0 = the CPU count), got {opts.decode_threads}")
+    if opts.decode_ahead < 0:
+        raise InputError(f"--decode_ahead must be >= 0 (0 = automatic), got {opts.decode_ahead}")
     if opts.num_shards < 0:
         raise InputError(f"--num_shards must be >= 0, got {opts.num_shards}")
 
@@ -851,9 +879,8 @@ def build_pipeline(p: beam.Pipeline, plan: Plan) -> None:
     entries, dup_failures = read_inputs(p, plan) | "Dedupe" >> beam.ParDo(
         FilterInputs(plan.duplicate_positions, plan.existing_ids)
     ).with_outputs(FAILED, main="ok")
-    clips, decode_failures = entries | "Decode" >> beam.ParDo(DecodeFn(o.decode_threads)).with_outputs(
-        FAILED, main="clips"
-    )
+    decode = DecodeFn(o.decode_threads, o.decode_ahead, o.batch_size, o.idle_decode)
+    clips, decode_failures = entries | "Decode" >> beam.ParDo(decode).with_outputs(FAILED, main="clips")
     max_batch_samples = max(1, int(o.max_batch_audio_s * TARGET_SR))
     handler = KeyedModelHandler(
         SegmentModelHandler(
@@ -886,9 +913,9 @@ def build_pipeline(p: beam.Pipeline, plan: Plan) -> None:
         >> beam.BatchElements(min_batch_size=o.rows_per_row_group, max_batch_size=o.rows_per_row_group)
         | "ToTables" >> beam.Map(shards.rows_to_table, schema)
         | "WriteShards"
-        >> beam.io.WriteToParquetBatched(
+        >> WriteParquetTables(
             f"{plan.output}/segments{plan.name_tag}",
-            schema=schema,
+            schema,
             codec="zstd",
             num_shards=o.num_shards,
             shard_name_template=SHARD_TEMPLATE,

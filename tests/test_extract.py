@@ -357,7 +357,7 @@ def test_options_tolerate_flags_registered_by_another_job():
     ns, _ = parser.parse_known_args(["--features", "lms"])
     assert (ns.output, ns.batch_size, ns.features) == ("other", 999, "lms")
     view = extract.PipelineOptions(["--output", "o"]).view_as(extract.ExtractOptions)
-    assert (view.output, view.batch_size) == ("o", 16)  # a view parses only its own flags
+    assert (view.output, view.batch_size) == ("o", 8)  # a view parses only its own flags
 
 
 # ------------------------------------------------------------------------------ units: batching etc.
@@ -448,9 +448,9 @@ def test_decode_error_type_names_are_counter_safe():
     assert err.value.reason.isidentifier()
 
 
-@pytest.mark.parametrize("threads", [1, 3])
-def test_decode_fn_threads_keep_every_input_and_order_free_results(tmp_path, threads):
-    """Grouped, threaded decoding: every entry becomes one clip or one failure, equal to decode_entry."""
+@pytest.mark.parametrize("threads,ahead", [(1, 0), (3, 0), (2, 1), (2, 3), (1, 20)])
+def test_decode_fn_threads_keep_every_input_and_order_free_results(tmp_path, threads, ahead):
+    """Threaded read-ahead decoding: every entry becomes one clip or one failure, equal to decode_entry."""
     import apache_beam as beam
     from apache_beam.testing.test_pipeline import TestPipeline
     from apache_beam.testing.util import assert_that, equal_to
@@ -458,7 +458,7 @@ def test_decode_fn_threads_keep_every_input_and_order_free_results(tmp_path, thr
     from atr_core.manifest import ClipEntry
 
     entries = []
-    for i in range(7):  # 7 entries: two full groups of 3 threads x 2 and a remainder
+    for i in range(7):  # 7 entries: more and fewer than the files decoded ahead
         path = tmp_path / f"c{i}.wav"
         if i == 4:
             path.write_text("not audio")
@@ -473,7 +473,7 @@ def test_decode_fn_threads_keep_every_input_and_order_free_results(tmp_path, thr
         clips, bad = (
             p
             | beam.Create(entries)
-            | beam.ParDo(extract.DecodeFn(threads)).with_outputs(extract.FAILED, main="clips")
+            | beam.ParDo(extract.DecodeFn(threads, ahead)).with_outputs(extract.FAILED, main="clips")
         )
         got_ok = clips | "OkKey" >> beam.Map(lambda c: (c[0].audio_id, c[0].n_samples, float(c[1].sum())))
         got_bad = bad | "BadKey" >> beam.Map(lambda r: (r["audio_id"], r["error_type"]))
@@ -481,14 +481,51 @@ def test_decode_fn_threads_keep_every_input_and_order_free_results(tmp_path, thr
         assert_that(got_bad, equal_to(want_failed), label="failures")
 
 
-def test_decode_threads_option_is_checked(tmp_path):
-    with pytest.raises(InputError, match="--decode_threads"):
+@pytest.mark.parametrize("flag", ["--decode_threads", "--decode_ahead"])
+def test_decode_options_are_checked(tmp_path, flag):
+    with pytest.raises(InputError, match=flag):
         extract.plan_run(
             extract.ExtractOptions(
                 ["--input", str(tmp_path / "*.wav"), "--output", str(tmp_path / "o"), "--features", "lms",
-                 "--decode_threads", "-1"]
+                 flag, "-1"]
             )
         )  # fmt: skip
+
+
+def test_decode_fn_reads_ahead_in_input_order(monkeypatch):
+    """A clip is emitted once ``ahead`` newer entries are queued behind it; the rest at bundle end."""
+    from atr_core.manifest import ClipEntry
+
+    decoded_before_emit = []
+
+    def fake_decode(entry):
+        wave = np.full(16000, float(entry.audio_id[1:]), np.float32)
+        info = extract.ClipInfo(entry.audio_id, entry.uri, None, 1.0, 16000, 1, len(wave), 1)
+        return extract.DecodeOutcome(clip=(info, wave), file_read=True, audio_ms=1000)
+
+    monkeypatch.setattr(extract, "decode_entry", fake_decode)
+    fn = extract.DecodeFn(threads=2, ahead=3)
+    fn.setup()
+    fn.start_bundle()
+    emitted = []
+    try:
+        for i in range(6):
+            entry = ClipEntry(audio_id=f"c{i}", uri=f"/x/c{i}.wav", split=None, captions=())
+            out = list(fn.process(entry, timestamp=0, window=None))
+            decoded_before_emit.append(len(out))
+            emitted += [v.value[0].audio_id for v in out]
+        emitted += [v.value[0].audio_id for v in fn.finish_bundle()]
+    finally:
+        fn.teardown()
+    assert decoded_before_emit == [0, 0, 0, 1, 1, 1]
+    assert emitted == [f"c{i}" for i in range(6)]
+
+
+def test_decode_ahead_default_covers_a_batch_and_every_thread():
+    assert extract.default_decode_ahead(threads=2, batch_size=8) == 8
+    assert extract.default_decode_ahead(threads=8, batch_size=8) == 16
+    assert extract.ExtractOptions([]).idle_decode is True
+    assert extract.ExtractOptions(["--no_idle_decode"]).idle_decode is False
 
 
 def test_retain_memory_is_on_by_default_and_can_be_turned_off():
