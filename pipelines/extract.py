@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -654,28 +655,89 @@ def _collect_parts(
     return items[0][0].clip, [(key.window, inference) for key, inference in items]
 
 
+def _by_window_count(kv: tuple[WindowKey, Any], _n: int) -> int:
+    return 0 if kv[0].clip.n_windows == 1 else 1
+
+
+def _as_parts(kv: tuple[WindowKey, PredictionResult]) -> tuple[ClipInfo, list[tuple[Window, Any]]]:
+    return kv[0].clip, [(kv[0].window, kv[1].inference)]
+
+
 class Stitch(beam.PTransform):
-    """Regroups windows by clip; single-window clips skip the shuffle."""
+    """(inference results, dead-lettered results) -> (single-window clips, multi-window clips, failures).
+
+    Single-window clips (every clip up to ``--max_window_s``) are finished where inference ran,
+    fused with it; only the windows of long clips are regrouped by ``audio_id`` (a shuffle). The
+    two kinds of clips come out as two PCollections on purpose: merging them with a Flatten would
+    make the local FnApiRunner hold every clip's features in memory until the whole corpus had
+    been through the model (it materialises every multi-input Flatten).
+    """
 
     def __init__(self, feature: str):
         super().__init__()
         self._feature = feature
 
-    def expand(self, results):
-        single, multi = results | "SplitByWindows" >> beam.Partition(
-            lambda kv, _n: 0 if kv[0].clip.n_windows == 1 else 1, 2
+    def expand(self, pcolls):
+        results, dead = pcolls
+        single, multi = results | "SplitByWindows" >> beam.Partition(_by_window_count, 2)
+        dead_single, dead_multi = dead | "SplitDeadByWindows" >> beam.Partition(_by_window_count, 2)
+        single_clips, single_failures = (
+            single
+            | "AsParts" >> beam.Map(_as_parts)
+            | "StitchSingle" >> beam.ParDo(StitchFn(self._feature)).with_outputs(FAILED, main="clips")
         )
-        singles = single | "AsParts" >> beam.Map(lambda kv: (kv[0].clip, [(kv[0].window, kv[1].inference)]))
-        grouped = (
-            multi
+        _, dead_failures = (  # all failures: a dead-lettered window has no features
+            dead_single
+            | "DeadAsParts" >> beam.Map(_as_parts)
+            | "StitchDead" >> beam.ParDo(StitchFn(self._feature)).with_outputs(FAILED, main="clips")
+        )
+        multi_clips, multi_failures = (
+            (multi, dead_multi)
+            | "MergeWindows" >> beam.Flatten()
             | "KeyByAudioId" >> beam.Map(lambda kv: (kv[0].clip.audio_id, (kv[0], kv[1].inference)))
             | "GroupWindows" >> beam.GroupByKey()
             | "CollectParts" >> beam.Map(_collect_parts)
+            | "StitchMulti" >> beam.ParDo(StitchFn(self._feature)).with_outputs(FAILED, main="clips")
         )
+        failures = (single_failures, dead_failures, multi_failures) | "MergeStitchFailures" >> beam.Flatten()
+        return single_clips, multi_clips, failures
+
+
+class WriteSegments(beam.PTransform):
+    """(ClipInfo, features) -> shard rows -> Arrow tables of ``rows_per_group`` rows -> Parquet shards."""
+
+    def __init__(
+        self,
+        identity: shards.ShardIdentity,
+        prefix: str,
+        rows_per_group: int,
+        num_shards: int,
+        skip_if_empty: bool,
+    ):
+        super().__init__()
+        self._identity = identity
+        self._prefix = prefix
+        self._rows = rows_per_group
+        self._num_shards = num_shards
+        self._skip_if_empty = skip_if_empty
+
+    def expand(self, clips):
+        schema = shards.segment_schema(self._identity)
         return (
-            (singles, grouped)
-            | "Merge" >> beam.Flatten()
-            | "StitchClips" >> beam.ParDo(StitchFn(self._feature)).with_outputs(FAILED, main="clips")
+            clips
+            | "ToRows" >> beam.ParDo(ToRowFn(self._identity))
+            | "BatchRows" >> beam.BatchElements(min_batch_size=self._rows, max_batch_size=self._rows)
+            | "ToTables" >> beam.Map(shards.rows_to_table, schema)
+            | "Write"
+            >> WriteParquetTables(
+                self._prefix,
+                schema,
+                codec="zstd",
+                num_shards=self._num_shards,
+                shard_name_template=SHARD_TEMPLATE,
+                file_name_suffix=".parquet",
+                skip_if_empty=self._skip_if_empty,
+            )
         )
 
 
@@ -902,26 +964,14 @@ def build_pipeline(p: beam.Pipeline, plan: Plan) -> None:
         | "RunInference" >> RunInference(handler).with_exception_handling()
     )
     dlq_results = dlq.failed_inferences | "FailedBatches" >> beam.FlatMap(dlq_to_results)
-    stitched, stitch_failures = (
-        (results, dlq_results) | "MergeResults" >> beam.Flatten() | "Stitch" >> Stitch(o.features)
+    single_clips, multi_clips, stitch_failures = (results, dlq_results) | "Stitch" >> Stitch(o.features)
+    prefix = f"{plan.output}/segments{plan.name_tag}"
+    write = functools.partial(
+        WriteSegments, plan.identity, rows_per_group=o.rows_per_row_group, num_shards=o.num_shards
     )
-    schema = shards.segment_schema(plan.identity)
-    _ = (
-        stitched
-        | "ToRows" >> beam.ParDo(ToRowFn(plan.identity))
-        | "BatchRows"
-        >> beam.BatchElements(min_batch_size=o.rows_per_row_group, max_batch_size=o.rows_per_row_group)
-        | "ToTables" >> beam.Map(shards.rows_to_table, schema)
-        | "WriteShards"
-        >> WriteParquetTables(
-            f"{plan.output}/segments{plan.name_tag}",
-            schema,
-            codec="zstd",
-            num_shards=o.num_shards,
-            shard_name_template=SHARD_TEMPLATE,
-            file_name_suffix=".parquet",
-        )
-    )
+    _ = single_clips | "WriteShards" >> write(prefix, skip_if_empty=False)
+    # clips longer than --max_window_s: their own shard set, written only when there are any
+    _ = multi_clips | "WriteLongClipShards" >> write(f"{prefix}-long", skip_if_empty=True)
     _ = (
         (dup_failures, decode_failures, stitch_failures)
         | "MergeFailures" >> beam.Flatten()

@@ -32,7 +32,10 @@ class _OpenShard:
 
 
 class ParquetTableSink(filebasedsink.FileBasedSink):
-    """A ``FileBasedSink`` whose records are Arrow tables; each table becomes one row group."""
+    """A ``FileBasedSink`` whose records are Arrow tables; each table becomes one row group.
+
+    ``skip_if_empty``: write no file at all when the input is empty (by default one empty shard).
+    """
 
     def __init__(
         self,
@@ -43,6 +46,7 @@ class ParquetTableSink(filebasedsink.FileBasedSink):
         num_shards: int = 0,
         shard_name_template: str | None = None,
         file_name_suffix: str = ".parquet",
+        skip_if_empty: bool = False,
     ):
         super().__init__(
             file_path_prefix,
@@ -52,6 +56,7 @@ class ParquetTableSink(filebasedsink.FileBasedSink):
             shard_name_template=shard_name_template,
             mime_type="application/x-parquet",
             compression_type=CompressionTypes.UNCOMPRESSED,  # the Parquet codec compresses pages
+            skip_if_empty=skip_if_empty,
         )
         self._schema = schema
         self._codec = codec

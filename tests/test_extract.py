@@ -170,8 +170,9 @@ def test_incremental_skips_existing_and_rerun_is_byte_identical(tmp_path):
     s2 = run_extract(*args, "--output", str(inc), "--run_id", "r2")
     assert (s2["inputs"], s2["clips_ok"], s2["skipped_existing"], s2["balanced"]) == (4, 1, 3, True)
     assert sorted(p.name for p in inc.glob("segments*")) == [
-        "segments-r1-00000-of-00001.parquet",
-        "segments-r2-00000-of-00001.parquet",
+        "segments-r1-00000-of-00001.parquet",  # no long clips in r1: no long-clip shard
+        "segments-r2-00000-of-00001.parquet",  # an empty shard: r2's only clip is long
+        "segments-r2-long-00000-of-00001.parquet",  # c3 (5 s > --max_window_s 4.2), windowed
     ]
     assert set(read_rows(inc, "segments-r2-*")) == {"c3.wav"}
     s3 = run_extract(*args, "--output", str(inc), "--run_id", "r3")  # nothing new
@@ -184,7 +185,7 @@ def test_incremental_skips_existing_and_rerun_is_byte_identical(tmp_path):
     assert sorted(p.name for p in fresh.glob("segments*")) == [
         "segments-00000-of-00002.parquet",
         "segments-00001-of-00002.parquet",
-    ]
+    ]  # no clip is longer than the default --max_window_s: no long-clip shards
     again, union = read_rows(fresh), read_rows(inc)
     assert set(again) == set(union) == {"c0.wav", "c1.wav", "c2.wav", "c3.wav"}
     for k in again:
@@ -275,6 +276,51 @@ def test_run_accepts_a_test_pipeline(tmp_path):
     assert (counters["inputs"], counters["clips_ok"]) == (1, 1)
     assert json.loads((out / "summary-tp.json").read_text())["clips_ok"] == 1
     assert set(read_rows(out)) == {"x.wav"}
+
+
+def _applied_transforms(tmp_path) -> list:
+    """The extraction graph's leaf transforms, built (not run) over one file."""
+    import apache_beam as beam
+    from apache_beam.pipeline import PipelineVisitor
+
+    audio = tmp_path / "g"
+    audio.mkdir()
+    write_audio(audio / "x.wav", 0.5)
+    opts = extract.ExtractOptions(
+        ["--input", f"{audio}/*.wav", "--output", str(tmp_path / "o"), "--features", "lms"]
+    )
+    p = beam.Pipeline(runner="FnApiRunner")
+    extract.build_pipeline(p, extract.plan_run(opts))
+    found = []
+
+    class Leaves(PipelineVisitor):
+        def visit_transform(self, node):
+            found.append(node)
+
+    p.visit(Leaves())
+    return found
+
+
+def test_clip_features_never_pass_a_materialising_step_on_the_way_to_the_shards(tmp_path):
+    """From RunInference to the shard writer of ordinary clips there is no Flatten and no shuffle.
+
+    The local FnApiRunner holds a multi-input Flatten's (or a GroupByKey's) whole input in memory
+    until its producers finish: on the clips' path that would be every clip's features at once.
+    """
+    import apache_beam as beam
+
+    leaves = _applied_transforms(tmp_path)
+    producer = {out: node for node in leaves for out in node.outputs.values()}
+    (start,) = [n for n in leaves if n.full_label.startswith("WriteShards/ToRows")]
+    path, node = [], start
+    while not node.full_label.startswith("RunInference"):
+        (pcoll,) = [i for i in node.main_inputs.values()]
+        node = producer[pcoll]
+        path.append(node)
+    kinds = {type(n.transform) for n in path}
+    assert beam.Flatten not in kinds and beam.GroupByKey not in kinds, [n.full_label for n in path]
+    flattens = sorted(n.full_label for n in leaves if isinstance(n.transform, beam.Flatten))
+    assert flattens == ["MergeFailures", "Stitch/MergeStitchFailures", "Stitch/MergeWindows"]
 
 
 # ----------------------------------------------------------------------------------- fatal errors
