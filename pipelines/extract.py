@@ -139,7 +139,8 @@ class ExtractOptions(PipelineOptions):
             "--num_shards",
             type=int,
             default=0,
-            help="number of segment shards (default 0: the runner decides, one per bundle). Shards are "
+            help="number of segment shards (default 0: the runner decides, one per bundle); clips longer "
+            "than --max_window_s get as many more, segments-long-*, when there are any. Shards are "
             "filled with whole row groups, so a shard can hold 0 rows when N exceeds the row groups",
         )
         out.add_argument(
