@@ -80,7 +80,10 @@ class IdlePriorityPool:
         with self._lock:
             self._tids.append(tid)
         if self.idle:
-            _set_policy(tid, os.SCHED_IDLE)
+            try:
+                _set_policy(tid, os.SCHED_IDLE)
+            except OSError:  # refused after a good probe: this thread just runs at normal priority
+                pass
 
     def _set_all(self, policy: int) -> None:
         with self._lock:

@@ -69,12 +69,9 @@ def test_refused_priority_change_falls_back_to_normal_threads(monkeypatch):
         raise PermissionError(1, "Operation not permitted")
 
     monkeypatch.setattr(idle_pool, "_set_policy", refuse)
-    monkeypatch.setattr(idle_pool, "_probe_result", None)
-    try:
-        assert idle_priority_supported() is False
-        pool = IdlePriorityPool(2)
-        assert pool.idle is False
-        assert pool.result(pool.submit(sum, [1, 2, 3])) == 6
-        pool.shutdown()
-    finally:
-        monkeypatch.setattr(idle_pool, "_probe_result", None)  # the next caller probes again
+    monkeypatch.setattr(idle_pool, "_probe_result", None)  # probe again; monkeypatch restores the cache
+    assert idle_priority_supported() is False
+    pool = IdlePriorityPool(2)
+    assert pool.idle is False
+    assert pool.result(pool.submit(sum, [1, 2, 3])) == 6
+    pool.shutdown()
