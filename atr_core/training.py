@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import random
 import shutil
@@ -51,6 +52,19 @@ CURVES_FILE = "curves.png"
 DATA_FILE = "data.json"
 RUN_KIND = "atr-train-run"
 CHECKPOINT_VERSION = 1
+BN_STATS = ("precise", "running")
+
+# The schedule for corpora smaller than the paper's (docs/train.md, "Schedule"): at least
+# MIN_STEPS optimizer steps and at least BATCHES_PER_EPOCH batches an epoch. Clotho (3,839
+# training clips) and AudioCaps (49,838) resolve to the paper's 128 clips x 20 epochs, gamma 0.95.
+PAPER_BATCH, PAPER_EPOCHS, PAPER_GAMMA = 128, 20, 0.95
+MIN_STEPS = 600
+BATCHES_PER_EPOCH = 6
+MIN_BATCH = 16
+# Collapse diagnostics: a side whose eval-mode embeddings have a mean pairwise cosine above this
+# has collapsed (every item looks alike); a loss this close to the margin has not moved.
+COLLAPSE_COSINE = 0.99
+STUCK_LOSS_TOL = 1e-3
 
 
 @dataclass
@@ -67,9 +81,21 @@ class TrainConfig:
     seed: int = 0
     eval_batch_size: int = 256
     progress: bool = True
+    #: BatchNorm statistics used in eval mode: "precise" recomputes them over the training set
+    #: after every epoch (project decision, docs/train.md); "running" keeps PyTorch's running
+    #: averages (the authors' behaviour).
+    bn_stats: str = "precise"
+    bn_batches: int = 200
+    #: Seconds between checkpoints (a checkpoint of the paper's model is ~1 GB: model + optimizer
+    #: state); the last epoch always writes one. 0: after every epoch.
+    checkpoint_interval_s: float = 300.0
 
     #: Fields that may change when a run is resumed (they do not change what an epoch computes).
-    RESUMABLE = ("epochs", "eval_batch_size", "progress")
+    RESUMABLE = ("epochs", "eval_batch_size", "progress", "checkpoint_interval_s")
+
+    def __post_init__(self) -> None:
+        if self.bn_stats not in BN_STATS:
+            raise ValueError(f"bn_stats must be one of {', '.join(BN_STATS)}, got {self.bn_stats!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -215,6 +241,49 @@ def diff_run_info(old: Mapping, new: Mapping, prefix: str = "") -> list[tuple[st
     return out
 
 
+# --------------------------------------------------------------------------- schedule
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Batch size, epochs and per-epoch LR factor of a run, and where they came from."""
+
+    batch_size: int
+    epochs: int
+    lr_gamma: float
+    auto: tuple[str, ...] = ()  # the fields that were resolved automatically
+
+
+def resolve_schedule(
+    n_train: int, batch_size: int | None = None, epochs: int | None = None, lr_gamma: float | None = None
+) -> Schedule:
+    """The paper's schedule, stretched for small training sets; given values are kept as they are.
+
+    ``batch_size`` (None = auto): 128, or for fewer than about 550 clips the power of two nearest to
+    ``n_train / 6`` (at least 16), so an epoch has at least 6 batches. ``epochs`` (None = auto):
+    20, or more so the run makes at least :data:`MIN_STEPS` (600, Clotho's count under the paper's
+    recipe) optimizer steps. ``lr_gamma`` (None = auto): 0.95 ** (20 / epochs), so the learning
+    rate falls by the paper's total factor (0.95 ** 20) over the run. Clotho and AudioCaps resolve
+    to exactly the paper's 128 / 20 / 0.95.
+    """
+    if n_train < 2:
+        raise ValueError(f"need at least 2 training clips, got {n_train}")
+    auto = []
+    if batch_size is None:
+        auto.append("batch_size")
+        guess = 2 ** round(math.log2(max(n_train / BATCHES_PER_EPOCH, 1)))
+        batch_size = int(min(PAPER_BATCH, max(MIN_BATCH, guess)))
+    auto_epochs = epochs is None
+    if auto_epochs:
+        auto.append("epochs")
+        steps = math.ceil(n_train / batch_size)
+        epochs = max(PAPER_EPOCHS, math.ceil(MIN_STEPS / steps))
+    if lr_gamma is None:
+        auto.append("lr_gamma")
+        lr_gamma = PAPER_GAMMA ** (PAPER_EPOCHS / epochs) if auto_epochs else PAPER_GAMMA
+    return Schedule(int(batch_size), int(epochs), float(lr_gamma), tuple(auto))
+
+
 # --------------------------------------------------------------------------- RNG state
 
 
@@ -314,6 +383,59 @@ def train_epoch(
     return {"train_loss": total / max(clips, 1), "train_clips": clips, "train_batches": batches}
 
 
+def batchnorm_layers(model: torch.nn.Module) -> list[torch.nn.modules.batchnorm._BatchNorm]:
+    """Every BatchNorm layer of ``model``."""
+    return [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
+@torch.no_grad()
+def recompute_batchnorm_stats(
+    model, source: ClipSource, device: torch.device, batch_size: int, epoch: int, seed: int,
+    max_batches: int = 200,
+) -> int:
+    """Set every BatchNorm's running statistics to their average over training batches ("precise BN").
+
+    PyTorch's running averages (momentum 0.1) lag behind the weights, and after a few dozen steps
+    still carry their initial value (running_var starts at 1 and decays as 0.9 ** steps): eval
+    mode then normalises differently from training. This pass runs the model in train mode, without
+    gradients, over up to ``max_batches`` batches of the epoch's own order (same batch size, so the
+    statistics are those the layers saw while training), with ``momentum=None`` (an exact mean
+    over the batches). Uses no random numbers. Returns the number of batches seen.
+    """
+    layers = batchnorm_layers(model)
+    if not layers:
+        return 0
+    momenta = [m.momentum for m in layers]
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    seen = 0
+    try:
+        for batch in source.batches(batch_size, epoch=epoch, shuffle=True, seed=seed):
+            if seen >= max_batches:
+                break
+            b = batch.to(device)
+            model.encode_audio(b.audio, b.audio_mask)
+            model.encode_text(b.text, b.text_mask)
+            seen += 1
+    finally:
+        for m, mom in zip(layers, momenta, strict=True):
+            m.momentum = mom
+        model.eval()
+    return seen
+
+
+def mean_pairwise_cosine(emb: torch.Tensor) -> float:
+    """Mean cosine similarity over all pairs of distinct rows of ``emb`` (1.0: every row alike)."""
+    n = len(emb)
+    if n < 2:
+        return float("nan")
+    x = torch.nn.functional.normalize(emb.double(), dim=-1)
+    total = x.sum(dim=0)
+    return float((total @ total - n) / (n * (n - 1)))
+
+
 @torch.no_grad()
 def encode_split(
     model, source: ClipSource, device: torch.device, batch_size: int = 256
@@ -341,7 +463,10 @@ def evaluate(model, source: ClipSource, device: torch.device, loss_fn=None, batc
     text, audio, owner, _ = encode_split(model, source, device, batch_size)
     # JSON round trip: plain Python numbers (numpy scalars do not load with weights_only=True).
     metrics = blocked_retrieval_metrics(text.numpy(), audio.numpy(), owner.numpy())
-    out = {"metrics": json.loads(json.dumps(metrics))}
+    out = {
+        "metrics": json.loads(json.dumps(metrics)),
+        "spread": {"audio": mean_pairwise_cosine(audio), "text": mean_pairwise_cosine(text)},
+    }
     if loss_fn is not None:
         first = torch.ones(len(owner), dtype=torch.bool)
         first[1:] = owner[1:] != owner[:-1]
@@ -402,8 +527,36 @@ def summary_line(rec: Mapping) -> str:
         f"epoch {rec['epoch']:>3}/{rec['epochs']} lr {rec['lr']:.5g} loss {rec['train_loss']:.4f} "
         f"val_loss {rec['val_loss']:.4f} | t2a R@1 {t2a['R1']:.1f} R@5 {t2a['R5']:.1f} R@10 {t2a['R10']:.1f} "
         f"| a2t R@1 {a2t['R1']:.1f} R@5 {a2t['R5']:.1f} R@10 {a2t['R10']:.1f} "
-        f"| geo {rec['score']:.2f}{' *best' if rec['best'] else ''} | {rec['time_s']:.1f}s"
+        f"| geo {rec['score']:.2f}{' *best' if rec['best'] else ''} "
+        f"| cos a/t {rec['spread']['audio']:.3f}/{rec['spread']['text']:.3f} | {rec['time_s']:.1f}s"
     )
+
+
+def health_warnings(history: list[dict], margin: float) -> list[str]:
+    """What the last epoch says is wrong: collapsed embeddings, or a loss stuck at the margin."""
+    rec = history[-1]
+    out = []
+    for side in ("audio", "text"):
+        cos = rec["spread"][side]
+        if cos > COLLAPSE_COSINE:
+            hint = (
+                "the word vectors may be nearly collinear (train:DIM on very few captions, or a wrong "
+                "file): try real pretrained vectors (--word2vec FILE)" if side == "text" else
+                "the segment features may barely differ between clips: check the features (--features, "
+                "--cnn14_checkpoint) and the audio"
+            )
+            out.append(
+                f"epoch {rec['epoch']}: {side} embeddings have collapsed (mean pairwise cosine {cos:.4f} "
+                f"> {COLLAPSE_COSINE} in eval mode): every {side} item looks alike; {hint}"
+            )
+    stuck = [r for r in history[:3] if abs(r["train_loss"] - margin) < STUCK_LOSS_TOL]
+    if len(history) >= 3 and len(stuck) == 3:
+        out.append(
+            f"the training loss stayed at the margin ({margin}) for the first 3 epochs: the model sees "
+            "no difference between matching and other pairs; check the collapse figures (cos a/t) "
+            "above, try --lr 0.001 or real pretrained word vectors"
+        )
+    return out
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -464,6 +617,9 @@ def fit(
     """Train for ``cfg.epochs`` epochs, validating, selecting and checkpointing after each.
 
     ``save_best(dir)`` writes the current model as the selected one (``model.pt`` ...).
+    ``checkpoint.pt`` and ``curves.png`` are written (and a remote run directory uploaded) at most
+    every ``cfg.checkpoint_interval_s`` seconds and after the last epoch, so a killed run resumes
+    from its last checkpoint; ``metrics.jsonl`` is written every epoch.
     With ``resume`` the state of ``checkpoint.pt`` is restored first (model, optimizer, scheduler,
     RNG states, history) and training continues with the next epoch. ``on_epoch_end(record)``
     runs after the epoch's files are written. ``score_fn(val_metrics)`` is the selection score
@@ -484,25 +640,36 @@ def fit(
         set_rng_state(ckpt["rng"])
         history, best, start = list(ckpt["history"]), dict(ckpt["best"]), int(ckpt["epoch"]) + 1
         log.info("resuming %s after epoch %d (best so far: epoch %d)", run, start - 1, best["epoch"])
+    last_checkpoint = time.monotonic()
     for epoch in range(start, cfg.epochs + 1):
         t0 = time.perf_counter()
         lr = float(optimizer.param_groups[0]["lr"])
         rec = {"epoch": epoch, "epochs": cfg.epochs, "lr": lr}
         rec.update(train_epoch(model, train_source, optimizer, loss_fn, device, epoch, cfg))
+        if cfg.bn_stats == "precise":
+            recompute_batchnorm_stats(
+                model, train_source, device, cfg.batch_size, epoch, cfg.seed, cfg.bn_batches
+            )
         val = evaluate(model, val_source, device, loss_fn, cfg.eval_batch_size)
         scheduler.step()
         score = float(score_fn(val["metrics"]))
-        rec.update(val=val["metrics"], val_loss=val["loss"], score=score, best=score >= best["score"])
+        rec.update(val=val["metrics"], val_loss=val["loss"], spread=val["spread"], score=score,
+                   best=score >= best["score"])
         rec["time_s"] = time.perf_counter() - t0
         if rec["best"]:
             best = {"epoch": epoch, "score": score}
             save_best(run.local)
         history.append(rec)
         write_metrics(history, run.path(METRICS_FILE))
-        plot_curves(history, run.path(CURVES_FILE))
-        save_checkpoint(run.path(CHECKPOINT_FILE), model, optimizer, scheduler, epoch, history, best)
-        run.push()
+        if epoch == cfg.epochs or time.monotonic() - last_checkpoint >= cfg.checkpoint_interval_s:
+            plot_curves(history, run.path(CURVES_FILE))
+            save_checkpoint(run.path(CHECKPOINT_FILE), model, optimizer, scheduler, epoch, history, best)
+            run.push()
+            last_checkpoint = time.monotonic()
         log.info(summary_line(rec))
+        warned = rec["epoch"] in (min(3, cfg.epochs), cfg.epochs)
+        for message in health_warnings(history, cfg.margin) if warned else []:
+            log.warning(message)
         if on_epoch_end is not None:
             on_epoch_end(rec)
     return TrainResult(history, int(best["epoch"]), float(best["score"]), str(run), resumed_from=start - 1)

@@ -63,3 +63,18 @@ def cnn14_reference(cnn14_checkpoint: Path):
 
     segments.model = model
     return segments
+
+
+@pytest.fixture(scope="session")
+def real_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 200-clip real-sound corpus (Clotho layout, splits 100 / 40 / 60), seed 0.
+
+    Built from the packaged recordings (:mod:`atr_core.corpus`): the Debian packages are read
+    where installed, else from the atr cache, where ``python -m pipelines.corpus fetch`` (run by
+    .ci/run) or a first build puts them.
+    """
+    from atr_core.corpus import build_corpus
+
+    out = tmp_path_factory.mktemp("real_corpus")
+    build_corpus(out, 200, seed=0, fractions=(0.5, 0.2, 0.3), progress=False)
+    return out

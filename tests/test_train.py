@@ -37,7 +37,7 @@ from tests.test_data import (
 REPO = Path(__file__).resolve().parents[1]
 TINY = [
     "--embed_dim", "16", "--audio_clusters", "2", "--text_clusters", "3", "--batch_size", "8",
-    "--no_progress",
+    "--no_progress", "--checkpoint_interval", "0",
 ]
 
 
@@ -238,9 +238,12 @@ def test_help_documents_every_option():
         assert opt in text
     required = ["--segments", "s", "--captions", "c", "--word2vec", "w", "--output", "o"]
     defaults = vars(parser.parse_args(required))
-    assert (defaults["lr"], defaults["weight_decay"], defaults["lr_gamma"], defaults["epochs"],
-            defaults["batch_size"], defaults["seed"], defaults["aggregation"], defaults["optimizer"]) == (
-        0.01, 1e-3, 0.95, 20, 128, 0, "netrvlad", "ranger")
+    assert (defaults["lr"], defaults["weight_decay"], defaults["seed"], defaults["aggregation"],
+            defaults["optimizer"], defaults["bn_stats"]) == (0.01, 1e-3, 0, "netrvlad", "ranger", "precise")
+    # batch size, epochs and lr factor default to automatic: the paper's for Clotho-sized training sets
+    assert (defaults["batch_size"], defaults["epochs"], defaults["lr_gamma"]) == (None, None, None)
+    clotho = training.resolve_schedule(3839, defaults["batch_size"], defaults["epochs"], defaults["lr_gamma"])
+    assert (clotho.batch_size, clotho.epochs, clotho.lr_gamma) == (128, 20, 0.95)
 
 
 # --------------------------------------------------------------------------- library: model selection
