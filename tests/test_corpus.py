@@ -12,7 +12,7 @@ import pytest
 
 from atr_core.audio import decode_audio
 from atr_core.corpus import AUDIO_DIR, CORPUS_FILE, SPLITS, build_corpus, locate_sources
-from atr_core.corpus.build import inventory_from, stratified_splits
+from atr_core.corpus.build import inventory_from, stratified_splits, write_shuffled_captions
 from atr_core.corpus.catalogue import BACKGROUNDS, SOUNDS
 from atr_core.corpus.compose import SR, Library, compose
 from atr_core.corpus.sources import SOUNDFONT_FILE, SOUNDFONT_PACKAGE, STAMPS_DIR, STAMPS_PACKAGE
@@ -113,3 +113,12 @@ def test_an_existing_corpus_is_not_overwritten_silently(real_corpus: Path, tmp_p
     with pytest.raises(OutputExistsError):
         build_corpus(real_corpus, 20)
     assert corpus_job.build_parser().parse_args(["build", str(tmp_path)]).clips == 310
+
+
+def test_the_shuffled_control_gives_every_clip_another_clips_captions(real_corpus: Path, tmp_path: Path):
+    src = real_corpus / "clotho_captions_development.csv"
+    original = {e.audio_id: e.captions for e in read_manifest(str(src))}
+    shuffled = {e.audio_id: e.captions for e in read_manifest(str(write_shuffled_captions(src, tmp_path / "s.csv")))}
+    assert set(shuffled) == set(original)
+    assert all(shuffled[a] != original[a] for a in original)
+    assert sorted(shuffled.values()) == sorted(original.values())

@@ -26,6 +26,7 @@ import torch
 
 from atr_core.audio import decode_audio
 from atr_core.corpus import AUDIO_DIR, SPLITS
+from atr_core.corpus.build import write_shuffled_captions
 from atr_core.data import join_captions, load_split, scan_shards
 from atr_core.features import feature_identity
 from atr_core.manifest import read_manifest
@@ -74,23 +75,6 @@ def write_feature_shards(
     return str(out)
 
 
-def shuffled_captions(src: str, dest: Path, seed: int = 0) -> str:
-    """The captions file with whole caption sets permuted across clips (a derangement)."""
-    import csv
-
-    with open(src, newline="", encoding="utf-8") as f:
-        rows = list(csv.reader(f))
-    header, body = rows[0], rows[1:]
-    n = len(body)
-    perm = np.random.default_rng(seed).permutation(n)
-    perm = np.roll(perm, 1)[np.argsort(perm)]  # i -> next in a random cycle: nobody keeps its own
-    with open(dest, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows([body[i][0], *body[int(perm[i])][1:]] for i in range(n))
-    return str(dest)
-
-
 def train_then_test(corpus: Path, segments: str, output: Path, train_captions: str | None = None):
     """Train with the CLI (defaults, narrow widths) on train, select on val; evaluate on test."""
     caps = [train_captions or captions_file(corpus, "development"), captions_file(corpus, "validation")]
@@ -134,7 +118,7 @@ def test_learns_from_lms_features_of_real_recordings(real_corpus, lms_segments, 
 
 
 def test_shuffled_caption_control_stays_near_chance(real_corpus, lms_segments, tmp_path):
-    shuffled = shuffled_captions(captions_file(real_corpus, "development"), tmp_path / "shuffled.csv")
+    shuffled = str(write_shuffled_captions(captions_file(real_corpus, "development"), tmp_path / "shuffled.csv"))
     _, _, metrics, _ = train_then_test(real_corpus, lms_segments, tmp_path / "run", train_captions=shuffled)
     assert metrics["t2a"]["R10"] <= 2 * chance_r10(), (metrics["t2a"], chance_r10())
 

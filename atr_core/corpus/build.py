@@ -210,3 +210,18 @@ def _write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
         w.writerow(header)
         w.writerows(rows)
     os.replace(tmp, path)
+
+
+def write_shuffled_captions(src: str | os.PathLike, dest: str | os.PathLike, seed: int = 0) -> Path:
+    """A control: ``src`` (Clotho CSV) with whole caption sets moved to other clips (a seeded derangement).
+
+    No clip keeps its own captions, so a model trained on it can learn nothing true about the audio.
+    """
+    with open(src, newline="", encoding="utf-8") as f:
+        header, *body = list(csv.reader(f))
+    perm = np.random.default_rng(seed).permutation(len(body))
+    nxt = np.empty_like(perm)
+    nxt[perm] = np.roll(perm, -1)  # each clip takes the captions of the next clip in a random cycle
+    rows = [[body[i][0], *body[int(nxt[i])][1:]] for i in range(len(body))]
+    _write_csv(Path(dest), header, rows)
+    return Path(dest)
