@@ -148,7 +148,8 @@ def table(rows: list[dict]) -> str:
         feat += " — **shuffled control**" if r0["control"] else ""
         ratio = np.mean([r["t2a"]["R10"] for r in rs]) / r0["chance"]["t2a"]["R10"]
         cells = " | ".join(cell(d, k) for d in ("t2a", "a2t") for k in ("R1", "R5", "R10"))
-        out.append(f"| {r0['clips']} ({r0['test_clips']} held out) | {feat} | {r0['word_vectors']} | {len(rs)} "
+        out.append(f"| {r0['clips']} ({r0['test_clips']} held out) | {feat} | {r0['word_vectors']} "
+                   f"| {len(rs)} "
                    f"| {cells} | {r0['chance']['t2a']['R10']:.1f} / {r0['chance']['a2t']['R10']:.1f} "
                    f"| {ratio:.1f}x |")
     return "\n".join(out)

@@ -118,7 +118,8 @@ def test_an_existing_corpus_is_not_overwritten_silently(real_corpus: Path, tmp_p
 def test_the_shuffled_control_gives_every_clip_another_clips_captions(real_corpus: Path, tmp_path: Path):
     src = real_corpus / "clotho_captions_development.csv"
     original = {e.audio_id: e.captions for e in read_manifest(str(src))}
-    shuffled = {e.audio_id: e.captions for e in read_manifest(str(write_shuffled_captions(src, tmp_path / "s.csv")))}
+    dest = write_shuffled_captions(src, tmp_path / "s.csv")
+    shuffled = {e.audio_id: e.captions for e in read_manifest(str(dest))}
     assert set(shuffled) == set(original)
     assert all(shuffled[a] != original[a] for a in original)
     assert sorted(shuffled.values()) == sorted(original.values())
