@@ -65,6 +65,7 @@ MIN_BATCH = 16
 # has collapsed (every item looks alike); a loss this close to the margin has not moved.
 COLLAPSE_COSINE = 0.99
 STUCK_LOSS_TOL = 1e-3
+BATCH_BAR_MIN = 20  # epochs with fewer batches get no per-batch progress bar
 
 
 @dataclass
@@ -356,9 +357,10 @@ def train_epoch(
     """One pass over ``source`` in the order of ``(cfg.seed, epoch)``; returns loss and counts."""
     model.train()
     total, clips, batches = 0.0, 0, 0
-    bar = tqdm(
-        total=source.n_batches(cfg.batch_size), desc=f"epoch {epoch}/{cfg.epochs}", unit="batch",
-        disable=not cfg.progress, leave=False, dynamic_ncols=True,
+    n_batches = source.n_batches(cfg.batch_size)
+    bar = tqdm(  # a bar per epoch only where an epoch is long; fit() shows the bar over epochs
+        total=n_batches, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch",
+        disable=not cfg.progress or n_batches < BATCH_BAR_MIN, leave=False, dynamic_ncols=True, position=1,
     )
     with bar:
         for batch in source.batches(cfg.batch_size, epoch=epoch, shuffle=True, seed=cfg.seed):
@@ -641,6 +643,8 @@ def fit(
         history, best, start = list(ckpt["history"]), dict(ckpt["best"]), int(ckpt["epoch"]) + 1
         log.info("resuming %s after epoch %d (best so far: epoch %d)", run, start - 1, best["epoch"])
     last_checkpoint = time.monotonic()
+    epochs_bar = tqdm(total=cfg.epochs, initial=start - 1, desc="training", unit="epoch",
+                      disable=not cfg.progress, dynamic_ncols=True, position=0)
     for epoch in range(start, cfg.epochs + 1):
         t0 = time.perf_counter()
         lr = float(optimizer.param_groups[0]["lr"])
@@ -667,9 +671,13 @@ def fit(
             run.push()
             last_checkpoint = time.monotonic()
         log.info(summary_line(rec))
+        epochs_bar.set_postfix(loss=f"{rec['train_loss']:.4f}", val_geo=f"{score:.1f}",
+                               best=best["epoch"], refresh=False)
+        epochs_bar.update()
         warned = rec["epoch"] in (min(3, cfg.epochs), cfg.epochs)
         for message in health_warnings(history, cfg.margin) if warned else []:
             log.warning(message)
         if on_epoch_end is not None:
             on_epoch_end(rec)
+    epochs_bar.close()
     return TrainResult(history, int(best["epoch"]), float(best["score"]), str(run), resumed_from=start - 1)

@@ -21,6 +21,7 @@ import contextlib
 import csv
 import json
 import logging
+import os
 import shutil
 import sys
 import time
@@ -32,7 +33,7 @@ from atr_core.errors import AtrError, InputError, OutputExistsError
 from pipelines.common import DEFAULT_LOCAL_RUNNER, run_cli
 
 SPLIT_NAMES = {"development": "train", "validation": "val", "evaluation": "test"}
-DEFAULT_QUERY = "a dog is barking"
+DEFAULT_QUERY = "hands clapping in rhythm"
 SHOWN = ("R1", "R5", "R10", "MedR")
 
 
@@ -78,31 +79,42 @@ class Console:
         print(text, file=self.out, flush=True)
 
     @contextlib.contextmanager
-    def stage(self, number: int, total: int, name: str, what: str) -> Iterator[None]:
-        """Run a stage: its stdout and log records go to ``logs/<name>.log`` unless verbose."""
+    def stage(self, number: int, total: int, name: str, what: str, progress: bool = False) -> Iterator[None]:
+        """Run a stage: its stdout, log records and (unless ``progress``: progress bars stay on the
+        console) its stderr, C libraries' messages included, go to ``logs/<name>.log`` unless verbose."""
         self.say(f"[{number}/{total}] {name:<8} {what}")
         t0 = time.perf_counter()
         if self.verbose:
             yield
         else:
+            path = self.logs / f"{name}.log"
             root = logging.getLogger()
-            handler = logging.FileHandler(self.logs / f"{name}.log", mode="a")
-            handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
             saved = root.handlers[:], root.level
-            root.handlers[:] = [handler, _warnings_to_console()]
-            root.setLevel(logging.INFO)
-            try:
-                with open(self.logs / f"{name}.log", "a") as f, contextlib.redirect_stdout(f):
+            with open(path, "a") as f, contextlib.redirect_stdout(f):
+                handler = logging.StreamHandler(f)
+                handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+                console = os.fdopen(os.dup(2), "w", buffering=1)  # the console, kept for warnings
+                root.handlers[:] = [handler, _warnings_to(console)]
+                root.setLevel(logging.INFO)
+                sys.stderr.flush()
+                saved_fd2 = os.dup(2)
+                if not progress:
+                    os.dup2(f.fileno(), 2)
+                try:
                     yield
-            finally:
-                root.handlers[:], _ = saved[0], root.setLevel(saved[1])
-                handler.close()
+                finally:
+                    sys.stderr.flush()
+                    os.dup2(saved_fd2, 2)
+                    os.close(saved_fd2)
+                    root.handlers[:] = saved[0]
+                    root.setLevel(saved[1])
+                    console.close()
         self.say(f"{'':13}done in {time.perf_counter() - t0:.0f} s")
 
 
-def _warnings_to_console() -> logging.Handler:
+def _warnings_to(console) -> logging.Handler:
     """atr's own warnings (e.g. collapsed embeddings) still reach the console in quiet stages."""
-    h = logging.StreamHandler(sys.stderr)
+    h = logging.StreamHandler(console)
     h.setLevel(logging.WARNING)
     h.addFilter(lambda r: r.name.startswith(("atr", "pipelines")))
     h.setFormatter(logging.Formatter("WARNING %(name)s: %(message)s"))
@@ -184,10 +196,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
             f"--runner={DEFAULT_LOCAL_RUNNER}",
         ])
     captions = [str(corpus / f"clotho_captions_{s}.csv") for s in ("development", "validation")]
-    with con.stage(4, total, "train", "default recipe; train on development, select on validation"):
+    with con.stage(4, total, "train", "default recipe; train on development, select on validation",
+                   progress=not args.quiet):
         code = train.main([
             f"--segments={segments}", "--captions", *captions, f"--word2vec={word2vec}",
-            f"--output={model}", f"--seed={args.seed}",
+            f"--output={model}", f"--seed={args.seed}", *(["--no_progress"] if args.quiet else []),
         ])
     if code:
         raise AtrError(f"training failed (exit code {code}); see {out / 'logs' / 'train.log'}")
