@@ -33,12 +33,14 @@ SPLITS = {"train": "development", "val": "validation", "test": "evaluation"}
 #: (name, corpus clips, features, word vectors, seed, control), in the order they run.
 GRID = [
     *[(f"c310-lms-w2v-s{s}", 310, "lms", "train:100", s, False) for s in (0, 1, 2)],
-    *[(f"c310-lms-w2v-s{s}-control", 310, "lms", "train:100", s, True) for s in (0, 1, 2)],
+    ("c310-lms-w2v-s0-control", 310, "lms", "train:100", 0, True),
     *[(f"c310-cnn14r-w2v-s{s}", 310, "cnn14", "train:100", s, False) for s in (0, 1, 2)],
-    ("c310-lms-glove-s0", 310, "lms", "glove", 0, False),
     ("c310-cnn14r-w2v-s0-control", 310, "cnn14", "train:100", 0, True),
     ("c150-lms-w2v-s0", 150, "lms", "train:100", 0, False),
+    ("c310-lms-glove-s0", 310, "lms", "glove", 0, False),
+    *[(f"c310-lms-w2v-s{s}-control", 310, "lms", "train:100", s, True) for s in (1, 2)],
     ("c150-cnn14r-w2v-s0", 150, "cnn14", "train:100", 0, False),
+    ("c1000-lms-w2v-s0", 1000, "lms", "train:100", 0, False),
     ("c5000-lms-w2v-s0", 5000, "lms", "train:100", 0, False),
     ("c310-cnn14r-glove-s0", 310, "cnn14", "glove", 0, False),
 ]

@@ -80,10 +80,17 @@ class Console:
 
     @contextlib.contextmanager
     def stage(self, number: int, total: int, name: str, what: str, progress: bool = False) -> Iterator[None]:
-        """Run a stage: its stdout, log records and (unless ``progress``: progress bars stay on the
-        console) its stderr, C libraries' messages included, go to ``logs/<name>.log`` unless verbose."""
+        """Run a stage, timed, its output in ``logs/<name>.log`` (:meth:`captured`)."""
         self.say(f"[{number}/{total}] {name:<8} {what}")
         t0 = time.perf_counter()
+        with self.captured(name, progress):
+            yield
+        self.say(f"{'':13}done in {time.perf_counter() - t0:.0f} s")
+
+    @contextlib.contextmanager
+    def captured(self, name: str, progress: bool = False) -> Iterator[None]:
+        """Unless verbose: stdout, log records and (unless ``progress``: progress bars stay on the
+        console) stderr, C libraries' messages included, go to ``logs/<name>.log``."""
         if self.verbose:
             yield
         else:
@@ -109,7 +116,6 @@ class Console:
                     root.handlers[:] = saved[0]
                     root.setLevel(saved[1])
                     console.close()
-        self.say(f"{'':13}done in {time.perf_counter() - t0:.0f} s")
 
 
 def _warnings_to(console) -> logging.Handler:
@@ -165,8 +171,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         shutil.rmtree(out)
     con = Console(out / "logs", args.verbose, args.quiet)
     t_start = time.perf_counter()
-    from pipelines import corpus as corpus_job
-    from pipelines import embed, extract, train
+    with con.captured("imports"):  # Beam logs about optional GCP clients at import: into the log
+        from pipelines import corpus as corpus_job
+        from pipelines import embed, extract, train
 
     feats = features_label(args.features, args.cnn14_checkpoint)
     con.say(f"atr demo: real recordings, {feats}")

@@ -277,7 +277,7 @@ def train(args: argparse.Namespace) -> TrainResult:
             "schedule for %d training clips: %d clips per batch, %d epochs, lr x%.4f per epoch (%s)",
             len(by_split[train_split]), schedule.batch_size, schedule.epochs, schedule.lr_gamma,
             "the paper's" if (schedule.batch_size, schedule.epochs) == (PAPER_BATCH, PAPER_EPOCHS)
-            else "stretched for a small training set; docs/train.md",
+            else f"automatic: {', '.join(schedule.auto)}; stretched for a small training set, docs/train.md",
         )
     cfg = TrainConfig(
         epochs=schedule.epochs, batch_size=schedule.batch_size, optimizer=args.optimizer, lr=args.lr,
