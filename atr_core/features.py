@@ -86,3 +86,15 @@ def feature_identity(
         checkpoint=ckpt.spec if ckpt else "",
         checkpoint_sha256=ckpt.sha256 if ckpt else "",
     )
+
+
+def features_label(feature: str, checkpoint: str | None = None) -> str:
+    """What segment features are, in words (consoles, report titles): LMS, or CNN14 and its weights."""
+    if feature == "lms":
+        return "LMS features (64-bin log-mel, the paper's baseline; no CNN14)"
+    if feature != "cnn14":
+        return f"{feature} features"
+    if checkpoint and checkpoint.startswith("random:"):
+        return f"CNN14 features with RANDOM weights ({checkpoint}, untrained)"
+    name = str(checkpoint or "").replace("\\", "/").rsplit("/", 1)[-1]
+    return f"CNN14 features ({name})" if name else "CNN14 features"

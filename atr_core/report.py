@@ -395,10 +395,15 @@ NOTE = "R@K in %, MedR and MnR 1-based; R@1 counts only an untied first place (r
 
 
 def _title(metadata: Mapping[str, Any]) -> str:
+    from atr_core.features import features_label
+
     split = metadata.get("split")
     model = metadata.get("model")
     name = model.get("name") if isinstance(model, Mapping) else model
-    return " · ".join(["Retrieval report"] + [str(x) for x in (split, name) if x])
+    features = metadata.get("features")
+    label = features_label(features["feature"], features.get("checkpoint")) if isinstance(
+        features, Mapping) and features.get("feature") else None
+    return " · ".join(["Retrieval report"] + [str(x) for x in (split, name, label) if x])
 
 
 def _subtitle(

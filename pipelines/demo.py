@@ -127,15 +127,6 @@ def _warnings_to(console) -> logging.Handler:
     return h
 
 
-def features_label(features: str, checkpoint: str | None) -> str:
-    """What the segment features are, in words (console and report title)."""
-    if features == "lms":
-        return "LMS features (64-bin log-mel, the paper's baseline; no CNN14)"
-    if checkpoint and checkpoint.startswith("random:"):
-        return f"CNN14 features with RANDOM weights ({checkpoint}, untrained)"
-    return f"CNN14 features ({Path(str(checkpoint)).name})"
-
-
 def read_captions(corpus: Path) -> dict[str, list[str]]:
     """audio_id -> captions over the corpus's three caption files."""
     out: dict[str, list[str]] = {}
@@ -174,6 +165,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     with con.captured("imports"):  # Beam logs about optional GCP clients at import: into the log
         from pipelines import corpus as corpus_job
         from pipelines import embed, extract, train
+
+    from atr_core.features import features_label
 
     feats = features_label(args.features, args.cnn14_checkpoint)
     con.say(f"atr demo: real recordings, {feats}")

@@ -375,6 +375,7 @@ def plan_run(opts: EmbedOptions) -> EmbedPlan:
             "pattern": opts.segments,
             "feature": index.identity.feature,
             "embedding_dim": index.identity.embedding_dim,
+            "checkpoint": index.identity.checkpoint,
             "checkpoint_sha256": index.identity.checkpoint_sha256,
             "num_shards": len(index.paths),
             "num_clips": len(index.num_segments),

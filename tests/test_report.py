@@ -245,3 +245,20 @@ def test_qualitative_examples_are_seeded_and_validated():
         R.qualitative_examples(text, audio, captions[:-1], clip_ids, c2c)
     with pytest.raises(InputError, match="clip ids"):
         R.qualitative_examples(text, audio, captions, clip_ids[:-1], c2c)
+
+
+@pytest.mark.parametrize(
+    ("features", "named"),
+    [({"feature": "cnn14", "checkpoint": "random:0"}, "RANDOM weights (random:0"),
+     ({"feature": "cnn14", "checkpoint": "/w/Cnn14_mAP=0.431.pth"}, "CNN14 features (Cnn14_mAP=0.431.pth)"),
+     ({"feature": "lms", "checkpoint": ""}, "LMS features")],
+)
+def test_the_title_names_the_features_and_their_weights(tmp_path, features, named):
+    text, audio, captions, clip_ids, c2c, ranks, metrics = make_case()
+    examples = R.qualitative_examples(text, audio, captions, clip_ids, c2c, n_queries=2, top_k=3)
+    metadata = {**METADATA, "features": features}
+    R.write_report(tmp_path, metrics, ranks=ranks, examples=examples, metadata=metadata)
+    for name in ("report.html", "report.md"):
+        page = (tmp_path / name).read_text()
+        title = page.split("<h1>", 1)[1].split("</h1>")[0] if name.endswith("html") else page.splitlines()[0]
+        assert named in title.replace("&#x27;", "'").replace("\\", ""), title
