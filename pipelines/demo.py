@@ -127,13 +127,13 @@ def _warnings_to(console) -> logging.Handler:
     return h
 
 
-def read_captions(corpus: Path) -> dict[str, list[str]]:
-    """audio_id -> captions over the corpus's three caption files."""
-    out: dict[str, list[str]] = {}
+def read_captions(corpus: Path) -> dict[str, dict[str, list[str]]]:
+    """split -> audio_id -> captions, over the corpus's three caption files."""
+    out: dict[str, dict[str, list[str]]] = {}
     for split in SPLIT_NAMES:
         with open(corpus / f"clotho_captions_{split}.csv", newline="", encoding="utf-8") as f:
-            for row in csv.DictReader(f):
-                out[row["file_name"]] = [row[f"caption_{k}"] for k in range(1, 6)]
+            rows = csv.DictReader(f)
+            out[split] = {row["file_name"]: [row[f"caption_{k}"] for k in range(1, 6)] for row in rows}
     return out
 
 
@@ -214,8 +214,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     held_out = json.loads((model_vectors / "test" / "metrics.json").read_text())
     from atr_core.chance import chance_levels
 
-    by_id = read_captions(corpus)
-    test_ids = [r["file_name"] for r in csv.DictReader(open(corpus / "clotho_captions_evaluation.csv"))]
+    captions_of = read_captions(corpus)
+    by_id = {a: caps for split in captions_of.values() for a, caps in split.items()}
+    test_ids = list(captions_of["evaluation"])
     chance = chance_levels([len(by_id[a]) for a in test_ids])
     metrics = held_out.get("metrics", held_out)
     with con.stage(6, total, "search", f"query: {args.query!r}"):
