@@ -2,6 +2,7 @@
 
     python bench/bench_learning.py                 # the recorded grid (about 2 hours on 2 cores)
     python bench/bench_learning.py --only lms      # a subset: runs whose name contains "lms"
+    OMP_NUM_THREADS=1 python bench/bench_learning.py --only s1 &   # two at once, one core each
 
 For each run: build the real-sound corpus (``pipelines.corpus``, seed 0), extract its features once
 per feature set (``pipelines.extract``, LMS or CNN14 with ``random:0`` weights), train with the
@@ -174,6 +175,7 @@ def main() -> None:
         row = run_one(work, name, clips, feature, vectors, seed, control)
         print(f"  t2a R@10 {row['t2a']['R10']} (chance {row['chance']['t2a']['R10']}), "
               f"a2t R@10 {row['a2t']['R10']}, train {row['train_s']} s", flush=True)
+        data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"runs": []}  # others may append
         data["runs"].append(row)
         data["machine"] = machine_basics()
         data["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

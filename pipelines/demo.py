@@ -232,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     for line in metrics_table(metrics, chance):
         con.result("  " + line)
     con.result("")
-    con.result(f"Query: {args.query!r} -> top {len(hits)} clips of {searcher_size(searcher)}")
+    con.result(f"Query: {args.query!r} -> top {len(hits)} clips of {len(searcher.audio)}")
     for h in hits:
         caps = by_id.get(h.audio_id, [])
         con.result(f"  {h.rank}. {h.audio_id} [{h.split}] score {h.score:+.3f}")
@@ -251,11 +251,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
     (out / "demo.json").write_text(json.dumps(where, indent=2) + "\n")
     con.say(f"Everything is under {out} ({where['seconds']:.0f} s in all; summary in {out / 'demo.json'})")
     return where
-
-
-def searcher_size(searcher) -> int:
-    """How many clips the searcher ranks."""
-    return len(searcher.audio)
 
 
 def _vectors_label(model_dir: Path) -> str:

@@ -70,7 +70,7 @@ def inventory_from(stamps: Path, has_soundfont: bool) -> Inventory:
         suffix = p.stem.split("_desc", 1)[1].lstrip("_") or "en_GB"
         if suffix in LANGUAGES:
             sentences[suffix].append(p.relative_to(stamps).with_suffix("").as_posix())
-    # Counting needs at least six digits in order; talking at least three descriptions.
+    # Counting needs all ten digits of a language; talking at least three descriptions.
     numbers = {k: v for k, v in numbers.items() if len(v) >= 10}
     sentences = {k: v for k, v in sentences.items() if len(v) >= 3}
     return Inventory(sounds, numbers, sentences, has_soundfont=has_soundfont)

@@ -259,8 +259,8 @@ _MAJOR = (0, 2, 4, 5, 7, 9, 11, 12)
 _PENTA = (0, 2, 4, 7, 9, 12, 14, 16)
 
 
-def _pattern_notes(pattern: str, base: int, beat: float, rng: np.random.Generator) -> tuple[list[Note], int]:
-    """Notes of ``pattern`` from MIDI note ``base`` with ``beat`` s per note; and the count of events."""
+def _pattern_notes(pattern: str, base: int, beat: float, rng: np.random.Generator) -> list[Note]:
+    """Notes of ``pattern`` from MIDI note ``base`` with ``beat`` s per note."""
     notes: list[Note] = []
     if pattern in ("rising", "falling"):
         steps = _MAJOR if pattern == "rising" else _MAJOR[::-1]
@@ -286,7 +286,7 @@ def _pattern_notes(pattern: str, base: int, beat: float, rng: np.random.Generato
         for i in range(int(rng.integers(8, 13))):
             pos = int(np.clip(pos + rng.choice([-2, -1, 1, 2]), 0, len(_PENTA) - 1))
             notes.append(Note(i * beat, beat * 0.9, base + _PENTA[pos]))
-    return notes, len(notes)
+    return notes
 
 
 def instrument_clip(lib: Library, rng: np.random.Generator, inst: Instrument) -> Clip:
@@ -296,7 +296,7 @@ def instrument_clip(lib: Library, rng: np.random.Generator, inst: Instrument) ->
     fast = bool(rng.random() < 0.5)
     base = inst.high if high else inst.low
     beat = float(rng.uniform(0.18, 0.3) if fast else rng.uniform(0.5, 0.8))
-    notes, _ = _pattern_notes(pattern, base, beat, rng)
+    notes = _pattern_notes(pattern, base, beat, rng)
     wave = _fit_length(np.concatenate([np.zeros(int(rng.uniform(0.1, 0.5) * SR), np.float32),
                                        lib.render(inst.program, notes)]), rng)
     captions = _captions(rng, _PATTERN_CAPTIONS[pattern], I=inst.names, reg="high" if high else "low",
