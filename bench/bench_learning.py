@@ -86,23 +86,22 @@ def heldout(segments: Path, corpus_dir: Path, run: Path) -> dict:
     from atr_core.data import join_captions, load_split, scan_shards
     from atr_core.manifest import read_manifest
     from atr_core.model_io import load_model
-    from atr_core.training import encode_split, evaluate, mean_pairwise_cosine
+    from atr_core.training import evaluate
 
     model, config, wv = load_model(run)
     index = scan_shards(str(segments))
     entries = read_manifest(str(corpus_dir / "clotho_captions_evaluation.csv"), split="test")
     by_split, _ = join_captions(entries, index, ["test"])
     test = load_split(index, by_split["test"], wv, config.max_segments, config.max_words)
-    m = evaluate(model, test, torch.device("cpu"))["metrics"]
-    text, audio, _, _ = encode_split(model, test, torch.device("cpu"))
+    result = evaluate(model, test, torch.device("cpu"))  # metrics and eval-mode spread, one encoding
+    m, spread = result["metrics"], result["spread"]
     keep = ("R1", "R5", "R10", "MedR", "MeanR")
     chance = chance_levels([len(e.captions) for e in by_split["test"]])
     return {
         "test_clips": len(test), "test_captions": test.n_captions,
         "t2a": {k: round(m["t2a"][k], 2) for k in keep}, "a2t": {k: round(m["a2t"][k], 2) for k in keep},
         "chance": {d: {k: round(chance[d][k], 2) for k in keep} for d in ("t2a", "a2t")},
-        "spread": {"text": round(mean_pairwise_cosine(text), 4),
-                   "audio": round(mean_pairwise_cosine(audio), 4)},
+        "spread": {side: round(spread[side], 4) for side in ("text", "audio")},
     }
 
 
