@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from atr_core.errors import AtrError
 
@@ -35,6 +37,22 @@ def run_cli(main: Callable[[], object], prog: str) -> int:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def exit_process(code: int) -> NoReturn:
+    """End the process with ``code`` after Python's exit handlers, skipping C++ static destructors.
+
+    pyarrow's thread pools can abort the interpreter during its final teardown (SIGABRT,
+    "terminate called without an active exception", apache/arrow#34314), which turns a job's exit
+    code into -6 at random. Exit handlers (logging, Beam, tqdm) still run, and output is flushed.
+    """
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 class OptionGroup:

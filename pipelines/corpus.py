@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Sequence
 
-from pipelines.common import run_cli
+from pipelines.common import exit_process, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,4 +79,4 @@ def main(argv: Sequence[str] | None = None) -> dict:
 if __name__ == "__main__":
     from pipelines import corpus as _module
 
-    sys.exit(run_cli(lambda: _module.main(), "corpus"))
+    exit_process(run_cli(lambda: _module.main(), "corpus"))

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from atr_core.corpus import AUDIO_DIR
 from atr_core.errors import AtrError, InputError, OutputExistsError
-from pipelines.common import DEFAULT_LOCAL_RUNNER, run_cli
+from pipelines.common import DEFAULT_LOCAL_RUNNER, exit_process, run_cli
 
 SPLIT_NAMES = {"development": "train", "validation": "val", "evaluation": "test"}
 DEFAULT_QUERY = "hands clapping in rhythm"
@@ -264,4 +264,4 @@ def _vectors_label(model_dir: Path) -> str:
 if __name__ == "__main__":
     from pipelines import demo as _module
 
-    sys.exit(run_cli(_module.main, "demo"))
+    exit_process(run_cli(_module.main, "demo"))

@@ -49,6 +49,7 @@ from atr_core.shards import table_embeddings
 from pipelines.common import (
     OptionGroup,
     collect_counters,
+    exit_process,
     options_parser,
     run_cli,
     with_default_runner,
@@ -1129,4 +1130,4 @@ if __name__ == "__main__":
     # by their real module name (pipelines.embed) for other processes and Dataflow workers.
     from pipelines import embed as _module
 
-    sys.exit(run_cli(_module.main, "embed"))
+    exit_process(run_cli(_module.main, "embed"))

@@ -60,6 +60,7 @@ from atr_core.windows import (
 from pipelines.common import (
     OptionGroup,
     collect_counters,
+    exit_process,
     options_parser,
     run_cli,
     with_default_runner,
@@ -1083,4 +1084,4 @@ if __name__ == "__main__":
     # by their real module name (pipelines.extract) for other processes and Dataflow workers.
     from pipelines import extract as _module
 
-    sys.exit(run_cli(_module.main, "extract"))
+    exit_process(run_cli(_module.main, "extract"))

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Sequence
 
 from atr_core.errors import QueryError
 from atr_core.search import DEFAULT_K, AnnSpec, Hit, Searcher
-from pipelines.common import run_cli
+from pipelines.common import exit_process, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,4 +119,4 @@ def main(argv: Sequence[str] | None = None) -> list[Hit]:
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main, "search"))
+    exit_process(run_cli(main, "search"))

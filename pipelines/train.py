@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import signal
-import sys
 from collections.abc import Callable, Sequence
 
 import torch
@@ -51,7 +50,7 @@ from atr_core.training import (
     resolve_schedule,
     seed_everything,
 )
-from pipelines.common import run_cli
+from pipelines.common import exit_process, run_cli
 
 log = logging.getLogger("atr.train")
 
@@ -341,4 +340,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())
