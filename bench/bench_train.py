@@ -49,7 +49,7 @@ def make_corpus(folder: Path, size: dict, seed: int = 0) -> dict:
     import pyarrow.parquet as pq
     from gensim.models import KeyedVectors
 
-    from atr_core.shards import ShardIdentity, rows_to_table, segment_schema
+    from atr_core.formats.shards import ShardIdentity, rows_to_table, segment_schema
 
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
@@ -91,9 +91,9 @@ def make_corpus(folder: Path, size: dict, seed: int = 0) -> dict:
 
 def load_sources(corpus: dict, streaming: bool = False, splits=("train", "val")):
     """Index the shards, join the captions and load the splits the way the training job does."""
-    from atr_core.data import join_captions, load_split, scan_shards
-    from atr_core.manifest import read_manifest
-    from atr_core.text import load_word_vectors
+    from atr_core.formats.manifest import read_manifest
+    from atr_core.text.word_vectors import load_word_vectors
+    from atr_core.training.data import join_captions, load_split, scan_shards
 
     wv = load_word_vectors(corpus["w2v"])
     index = scan_shards(corpus["segments"])
@@ -107,8 +107,8 @@ def load_sources(corpus: dict, streaming: bool = False, splits=("train", "val"))
 def build(size: dict, wv):
     import torch
 
-    from atr_core.model import ModelConfig, RetrievalModel
-    from atr_core.optim import build_optimizer
+    from atr_core.model.retrieval import ModelConfig, RetrievalModel
+    from atr_core.training.optim import build_optimizer
 
     torch.manual_seed(0)
     config = ModelConfig(
@@ -126,7 +126,7 @@ def run_steps(model, optimizer, batches, loss_fn) -> tuple[float, int]:
     """Train on every batch of the iterable; (seconds, clips). Batch production is inside the timing."""
     import torch
 
-    from atr_core.training import batch_loss
+    from atr_core.training.loop import batch_loss
 
     model.train()
     t0, clips = time.perf_counter(), 0
@@ -144,7 +144,7 @@ def throughput(corpus: dict, size: dict) -> dict:
     """Clips/s of the real loader vs pre-collated tensors (alternated), and of the streaming loader."""
     import itertools
 
-    from atr_core.losses import MaxMarginRankingLoss
+    from atr_core.training.losses import MaxMarginRankingLoss
 
     loss_fn = MaxMarginRankingLoss(0.2)
     memory, wv = load_sources(corpus, splits=("train",))
@@ -183,8 +183,8 @@ def epoch_stage(corpus: dict, size: dict) -> dict:
     """Load (timed), one epoch, one validation pass, peak RSS: run in a fresh process."""
     import torch
 
-    from atr_core.losses import MaxMarginRankingLoss
-    from atr_core.training import TrainConfig, evaluate, train_epoch
+    from atr_core.training.loop import TrainConfig, evaluate, train_epoch
+    from atr_core.training.losses import MaxMarginRankingLoss
 
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()

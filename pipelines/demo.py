@@ -166,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         from pipelines import corpus as corpus_job
         from pipelines import embed, extract, train
 
-    from atr_core.features import features_label
+    from atr_core.audio.features import features_label
 
     feats = features_label(args.features, args.cnn14_checkpoint)
     con.say(f"atr demo: real recordings, {feats}")
@@ -182,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     word2vec = args.word2vec
     if word2vec == "glove":
-        from atr_core.glove import LABEL, export_packaged_glove
+        from atr_core.text.glove import LABEL, export_packaged_glove
 
         with con.stage(2, total, "vectors", f"word vectors: {LABEL}"):
             word2vec = str(export_packaged_glove(out / "word_vectors"))
@@ -212,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         ])
     model_vectors = next(p for p in sorted(vectors.iterdir()) if p.is_dir() and (p / "test").is_dir())
     held_out = json.loads((model_vectors / "test" / "metrics.json").read_text())
-    from atr_core.chance import chance_levels
+    from atr_core.evaluation.chance import chance_levels
 
     captions_of = read_captions(corpus)
     by_id = {a: caps for split in captions_of.values() for a, caps in split.items()}
@@ -220,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     chance = chance_levels([len(by_id[a]) for a in test_ids])
     metrics = held_out.get("metrics", held_out)
     with con.stage(6, total, "search", f"query: {args.query!r}"):
-        from atr_core.search import Searcher
+        from atr_core.search.searcher import Searcher
 
         searcher = Searcher.from_dirs(str(model_vectors), str(model))
         hits = searcher.search_text(args.query, k=5)
@@ -254,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 def _vectors_label(model_dir: Path) -> str:
-    from atr_core.glove import vectors_label
+    from atr_core.text.glove import vectors_label
 
     config = json.loads((model_dir / "config.json").read_text())
     wv = config.get("config", config).get("word_vectors", {})

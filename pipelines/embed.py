@@ -13,8 +13,8 @@ Data flow (named transforms, per model ``M`` and split ``S``)::
     several --model: AllReports -> GroupBySplit -> Aggregate (mean +- std) -> <output>/<S>/
 
 Outputs: ``<output>/<model>/<split>/audio-SSSSS-of-NNNNN.parquet`` and ``captions-*.parquet``
-(atr_core.vectors schema), ``metrics.json`` + ``report.md``/``report.html`` + PNGs
-(atr_core.report) next to them, and ``<output>/summary-embed.json``. The model directory is checked
+(atr_core.formats.vectors schema), ``metrics.json`` + ``report.md``/``report.html`` + PNGs
+(atr_core.evaluation.report) next to them, and ``<output>/summary-embed.json``. The model directory is checked
 against the shards (feature, dimension, CNN14 checkpoint) and the word vectors before any work.
 See docs/embed.md.
 """
@@ -40,12 +40,14 @@ from apache_beam.ml.inference.pytorch_inference import PytorchModelHandlerTensor
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineResult
 
-from atr_core import __version__, manifest, metrics, vectors
-from atr_core.data import JoinReport, ShardIndex, join_captions, scan_shards
+from atr_core import __version__
 from atr_core.errors import ConfigMismatchError, InputError, OutputExistsError
-from atr_core.manifest import ClipEntry
-from atr_core.search import encode_captions, encode_segments, prepare_segments
-from atr_core.shards import table_embeddings
+from atr_core.evaluation import metrics
+from atr_core.formats import manifest, vectors
+from atr_core.formats.manifest import ClipEntry
+from atr_core.formats.shards import table_embeddings
+from atr_core.search.searcher import encode_captions, encode_segments, prepare_segments
+from atr_core.training.data import JoinReport, ShardIndex, join_captions, scan_shards
 from pipelines.common import (
     OptionGroup,
     collect_counters,
@@ -506,7 +508,7 @@ def _torch_device(name: str):
 class AudioEncoderHandler(PytorchModelHandlerTensor):
     """RunInference handler: (T, D) segment arrays -> unit audio vectors, via ``model.encode_audio``.
 
-    The trained model is loaded once per worker with ``atr_core.model_io.load_model`` (no word
+    The trained model is loaded once per worker with ``atr_core.model.directory.load_model`` (no word
     vectors). Each batch is zero-padded to the model's ``max_segments`` with a mask, exactly like the
     training loader; the masked aggregation makes a clip's vector independent of its batch.
     """
@@ -518,7 +520,7 @@ class AudioEncoderHandler(PytorchModelHandlerTensor):
         self._device_name = device
 
     def load_model(self) -> Any:
-        from atr_core import model_io
+        from atr_core.model import directory as model_io
 
         self._device = _torch_device(self._device_name)
         model, _, _ = model_io.load_model(self._model_dir, device=self._device, with_word_vectors=False)
@@ -560,7 +562,7 @@ class TextEncoderHandler(ModelHandler[str, PredictionResult, TextModel]):
         self._device_name = device
 
     def load_model(self) -> Any:
-        from atr_core import model_io
+        from atr_core.model import directory as model_io
 
         device = _torch_device(self._device_name)
         model, config, wv = model_io.load_model(self._model_dir, word_vectors=self._word2vec, device=device)
@@ -708,7 +710,7 @@ class MakeBlocks(beam.DoFn):
 
 
 def own_scores(block: CaptionBlock, index: AudioIndex) -> metrics.OwnScoreSummary:
-    """Pass 1 of the exact distributed a2t ranking (see atr_core.metrics)."""
+    """Pass 1 of the exact distributed a2t ranking (see atr_core.evaluation.metrics)."""
     return metrics.own_score_summary(block.vectors, index.matrix, block.clip_index)
 
 
@@ -793,7 +795,7 @@ def split_metrics(
 
 
 class WriteSplitReport(beam.DoFn):
-    """Metrics + examples + metadata -> atr_core.report.write_report in ``<output>/<model>/<split>``."""
+    """Metrics + examples + metadata -> ``write_report`` in ``<output>/<model>/<split>``."""
 
     def __init__(self, plan: EmbedPlan, model: ModelPlan, split: str):
         self._plan = plan
@@ -809,7 +811,7 @@ class WriteSplitReport(beam.DoFn):
         written: list[str],
         failed: list[dict],
     ) -> Iterator[tuple[str, dict]]:
-        from atr_core import report
+        from atr_core.evaluation import report
 
         plan, split = self._plan, self._split
         pos = index.positions()
@@ -884,7 +886,7 @@ class WriteAggregate(beam.DoFn):
         self._plan = plan
 
     def process(self, item: tuple[str, Iterable[dict]]) -> Iterator[str]:
-        from atr_core import report
+        from atr_core.evaluation import report
 
         split, runs = item
         runs = sorted(runs, key=lambda r: r["model"])

@@ -40,15 +40,11 @@ from apache_beam.runners.runner import PipelineResult
 from apache_beam.transforms import window as beam_window
 from apache_beam.utils.windowed_value import WindowedValue
 
-from atr_core import __version__, features, manifest, shards
-from atr_core.audio import TARGET_SR, decode_audio, is_silent, pad_to_minimum
-from atr_core.cnn14 import OFFICIAL_URL, CheckpointInfo
-from atr_core.cpu_memory import retain_freed_memory
-from atr_core.errors import ConfigMismatchError, DecodeError, InputError, OutputExistsError
-from atr_core.idle_pool import IdlePriorityPool
-from atr_core.manifest import ClipEntry
-from atr_core.storage import expand_glob
-from atr_core.windows import (
+from atr_core import __version__
+from atr_core.audio import features
+from atr_core.audio.cnn14 import OFFICIAL_URL, CheckpointInfo
+from atr_core.audio.decode import TARGET_SR, decode_audio, is_silent, pad_to_minimum
+from atr_core.audio.windows import (
     DEFAULT_MAX_BATCH_SAMPLES,
     DEFAULT_MAX_WINDOW_S,
     Window,
@@ -57,6 +53,12 @@ from atr_core.windows import (
     plan_windows,
     stitch,
 )
+from atr_core.errors import ConfigMismatchError, DecodeError, InputError, OutputExistsError
+from atr_core.formats import manifest, shards
+from atr_core.formats.manifest import ClipEntry
+from atr_core.runtime.cpu_memory import retain_freed_memory
+from atr_core.runtime.idle_pool import IdlePriorityPool
+from atr_core.runtime.storage import expand_glob
 from pipelines.common import (
     OptionGroup,
     collect_counters,
@@ -97,7 +99,8 @@ class ExtractOptions(PipelineOptions):
             "--captions",
             default=None,
             help="captions/manifest file: Clotho v2.1 CSV, AudioCaps CSV or JSON Lines "
-            "(see atr_core.manifest). Every listed clip is processed; captions themselves are not used here.",
+            "(see atr_core.formats.manifest). Every listed clip is processed; captions themselves "
+            "are not used here.",
         )
         src.add_argument(
             "--audio_root",
@@ -412,7 +415,7 @@ def default_decode_ahead(threads: int, batch_size: int) -> int:
 class DecodeFn(beam.DoFn):
     """Decodes clips to 32 kHz mono float32 on background threads, ``ahead`` files ahead of its output.
 
-    Each entry is queued on an :class:`~atr_core.idle_pool.IdlePriorityPool` of ``threads``
+    Each entry is queued on an :class:`~atr_core.runtime.idle_pool.IdlePriorityPool` of ``threads``
     threads as it arrives; a clip is emitted once ``ahead`` newer entries are queued behind it (or
     at the end of the bundle), so the next files decode while the model runs on the current batch.
     The decode threads run at idle priority where Linux allows it: they take the cycles a CPU
@@ -539,7 +542,7 @@ class BatchWindowsFn(beam.DoFn):
 class SegmentModelHandler(ModelHandler[np.ndarray, PredictionResult, Any]):
     """RunInference handler: waveform windows -> (T, D) segment features, loaded once per worker.
 
-    The model comes from ``atr_core.features.build_feature_model``; CNN14 weights are re-fetched
+    The model comes from ``atr_core.audio.features.build_feature_model``; CNN14 weights are re-fetched
     on a worker that lacks the launcher's local copy and checked against its sha256.
     ``forward_exact_batch`` stacks only equal-length inputs, so a clip's features do not depend on
     its batch. A failing batch is retried window by window; a window that still fails yields an
@@ -576,7 +579,7 @@ class SegmentModelHandler(ModelHandler[np.ndarray, PredictionResult, Any]):
             torch.set_num_threads(self._num_threads)
         model = features.build_feature_model(self._feature, self._checkpoint, self._device)
         if self._retain_memory and model_device(model).type == "cpu":
-            retain_freed_memory()  # no page faults on every batch (atr_core.cpu_memory)
+            retain_freed_memory()  # no page faults on every batch (atr_core.runtime.cpu_memory)
         return features.prepare_for_inference(model, channels_last=self._channels_last, compile=self._compile)
 
     def _forward(self, waves: Sequence[np.ndarray], model: Any) -> list[np.ndarray]:
@@ -744,7 +747,7 @@ class WriteSegments(beam.PTransform):
 
 
 class ToRowFn(beam.DoFn):
-    """(ClipInfo, features) -> a shard row dict (atr_core.shards schema)."""
+    """(ClipInfo, features) -> a shard row dict (atr_core.formats.shards schema)."""
 
     def __init__(self, identity: shards.ShardIdentity):
         self._ident = identity

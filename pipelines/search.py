@@ -5,7 +5,7 @@
 
 A text query returns the top-k clips (audio -> captions with ``--audio``), best first, with their
 cosine scores. An empty or entirely out-of-vocabulary query is an error (exit code 2). The same
-search is available to programs as :class:`atr_core.search.Searcher`. See docs/search.md.
+search is available to programs as :class:`atr_core.search.searcher.Searcher`. See docs/search.md.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import json
 from collections.abc import Sequence
 
 from atr_core.errors import QueryError
-from atr_core.search import DEFAULT_K, AnnSpec, Hit, Searcher
+from atr_core.search.searcher import DEFAULT_K, AnnSpec, Hit, Searcher
 from pipelines.common import exit_process, run_cli
 
 

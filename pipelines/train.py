@@ -22,16 +22,27 @@ from collections.abc import Callable, Sequence
 import torch
 
 from atr_core import __version__
-from atr_core.aggregation import AGGREGATIONS
-from atr_core.data import DEFAULT_SHUFFLE_BUFFER, default_max_segments, join_captions, load_split, scan_shards
 from atr_core.errors import InputError
-from atr_core.manifest import FORMATS, ClipEntry, detect_format, infer_split, read_manifest
-from atr_core.model import ModelConfig, RetrievalModel
-from atr_core.model_io import CONFIG_FILE, MODEL_FILE, WORD_VECTORS_DIR, save_model
-from atr_core.optim import OPTIMIZERS, build_optimizer
-from atr_core.storage import open_uri
-from atr_core.text import MAX_WORDS, WordVectors, load_word_vectors, train_dim, train_word_vectors
-from atr_core.training import (
+from atr_core.formats.manifest import FORMATS, ClipEntry, detect_format, infer_split, read_manifest
+from atr_core.model.aggregation import AGGREGATIONS
+from atr_core.model.directory import CONFIG_FILE, MODEL_FILE, WORD_VECTORS_DIR, save_model
+from atr_core.model.retrieval import ModelConfig, RetrievalModel
+from atr_core.runtime.storage import open_uri
+from atr_core.text.word_vectors import (
+    MAX_WORDS,
+    WordVectors,
+    load_word_vectors,
+    train_dim,
+    train_word_vectors,
+)
+from atr_core.training.data import (
+    DEFAULT_SHUFFLE_BUFFER,
+    default_max_segments,
+    join_captions,
+    load_split,
+    scan_shards,
+)
+from atr_core.training.loop import (
     BN_STATS,
     CHECKPOINT_FILE,
     CURVES_FILE,
@@ -50,6 +61,7 @@ from atr_core.training import (
     resolve_schedule,
     seed_everything,
 )
+from atr_core.training.optim import OPTIMIZERS, build_optimizer
 from pipelines.common import exit_process, run_cli
 
 log = logging.getLogger("atr.train")

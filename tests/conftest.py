@@ -15,23 +15,23 @@ import pytest
 @pytest.fixture(scope="session")
 def cnn14_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A seed-0 random CNN14 checkpoint, ``{"model": state_dict, "iteration": 0}`` (~327 MB, tmp)."""
-    from atr_core.cnn14 import save_random_checkpoint
+    from atr_core.audio.cnn14 import save_random_checkpoint
 
     return save_random_checkpoint(tmp_path_factory.mktemp("cnn14") / "Cnn14_random_seed0.pth", seed=0)
 
 
 @pytest.fixture(scope="session")
 def cnn14_model(cnn14_checkpoint: Path):
-    """:class:`atr_core.cnn14.Cnn14Segments` loaded from ``cnn14_checkpoint`` (eval, CPU)."""
-    from atr_core.cnn14 import load_cnn14, resolve_checkpoint
+    """:class:`atr_core.audio.cnn14.Cnn14Segments` loaded from ``cnn14_checkpoint`` (eval, CPU)."""
+    from atr_core.audio.cnn14 import load_cnn14, resolve_checkpoint
 
     return load_cnn14(resolve_checkpoint(str(cnn14_checkpoint)))
 
 
 @pytest.fixture(scope="session")
 def lms_model():
-    """:class:`atr_core.lms.LogMelSegments` (no weights), shared by the session."""
-    from atr_core.lms import LogMelSegments
+    """:class:`atr_core.audio.lms.LogMelSegments` (no weights), shared by the session."""
+    from atr_core.audio.lms import LogMelSegments
 
     return LogMelSegments()
 
@@ -46,7 +46,7 @@ def cnn14_reference(cnn14_checkpoint: Path):
     import numpy as np
     import torch
 
-    from atr_core.cnn14 import CNN14_CONFIG, import_panns_models
+    from atr_core.audio.cnn14 import CNN14_CONFIG, import_panns_models
 
     model = import_panns_models().Cnn14(**CNN14_CONFIG)
     ckpt = torch.load(cnn14_checkpoint, map_location="cpu", weights_only=True)

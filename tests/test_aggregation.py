@@ -1,4 +1,4 @@
-"""Tests for atr_core.aggregation: shapes, padding invariance (project decision 2), the formulas."""
+"""Tests for atr_core.model.aggregation: shapes, padding invariance (project decision 2), the formulas."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from atr_core.aggregation import (
+from atr_core.errors import InputError
+from atr_core.model.aggregation import (
     AGGREGATIONS,
     LSTMPool,
     MaxPool,
@@ -17,7 +18,6 @@ from atr_core.aggregation import (
     NetVLAD,
     build_aggregation,
 )
-from atr_core.errors import InputError
 
 K, H = 3, 5
 

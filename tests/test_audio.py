@@ -1,4 +1,4 @@
-"""atr_core.audio: decoding, downmix + resampling, failure reasons, silence and padding policy."""
+"""atr_core.audio.decode: decoding, downmix + resampling, failure reasons, silence and padding policy."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import pytest
 import soundfile as sf
 import soxr
 
-from atr_core.audio import (
+from atr_core.audio.cnn14 import num_segments
+from atr_core.audio.decode import (
     MIN_SAMPLES,
     SILENCE_PEAK,
     TARGET_SR,
@@ -20,7 +21,6 @@ from atr_core.audio import (
     is_silent,
     pad_to_minimum,
 )
-from atr_core.cnn14 import num_segments
 from atr_core.errors import DecodeError
 from tests.audio_fixtures import signal, strip_mp3_length_tag, write_audio
 

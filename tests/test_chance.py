@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from atr_core.chance import a2t_chance, chance_levels, t2a_chance
-from atr_core.metrics import retrieval_metrics
+from atr_core.evaluation.chance import a2t_chance, chance_levels, t2a_chance
+from atr_core.evaluation.metrics import retrieval_metrics
 
 
 @pytest.mark.parametrize("captions", [[5] * 18, [5] * 62, [1] * 30, [5, 2, 3, 5, 1, 4, 5, 5]])

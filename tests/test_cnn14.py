@@ -1,4 +1,4 @@
-"""atr_core.cnn14 / atr_core.features: segment model vs panns' own Cnn14, checkpoints, import guard."""
+"""atr_core.audio.cnn14 / .features: segment model vs panns' own Cnn14, checkpoints, import guard."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from atr_core import cnn14
-from atr_core.cnn14 import (
+from atr_core.audio import cnn14
+from atr_core.audio.cnn14 import (
     EMBED_DIM,
     HOP,
     OFFICIAL_NAME,
@@ -29,11 +29,11 @@ from atr_core.cnn14 import (
     resolve_checkpoint,
     resolve_device,
 )
+from atr_core.audio.features import FEATURES, build_feature_model, feature_identity
+from atr_core.audio.lms import LogMelSegments
+from atr_core.audio.windows import forward_exact_batch, prepare_for_inference
 from atr_core.errors import CheckpointError, InputError
-from atr_core.features import FEATURES, build_feature_model, feature_identity
-from atr_core.lms import LogMelSegments
-from atr_core.storage import sha256_file
-from atr_core.windows import forward_exact_batch, prepare_for_inference
+from atr_core.runtime.storage import sha256_file
 from tests.audio_fixtures import assert_exact
 from tests.audio_fixtures import sweep_clip as clip
 
@@ -107,7 +107,7 @@ def test_random_weights_are_seeded_and_match_the_saved_checkpoint(cnn14_model):
 
 def test_pickle_names_no_panns_module(cnn14_model):
     data = pickle.dumps(cnn14_model)
-    assert b"panns_inference" not in data and b"atr_core.cnn14" in data
+    assert b"panns_inference" not in data and b"atr_core.audio.cnn14" in data
 
 
 # ----------------------------------------------------------------------------- checkpoint errors
@@ -261,9 +261,10 @@ def test_import_touches_no_network_and_writes_nothing(tmp_path):
     home.mkdir()
     out = run_isolated(
         """
-        import atr_core.cnn14, atr_core.features, atr_core.windows, atr_core.audio, atr_core.lms
+        import atr_core.audio.cnn14, atr_core.audio.features, atr_core.audio.windows
+        import atr_core.audio.decode, atr_core.audio.lms
         import torch
-        m = atr_core.cnn14.Cnn14Segments()
+        m = atr_core.audio.cnn14.Cnn14Segments()
         y = m(torch.zeros(1, 9920))
         assert tuple(y.shape) == (1, 1, 2048)
         print(sorted(k for k in sys.modules if k.startswith(("panns_inference", "matplotlib"))))
@@ -282,7 +283,7 @@ def test_real_package_already_imported(tmp_path):
     csv.write_text("index,mid,display_name\n0,/m/09x0r,Speech\n")
     run_isolated(
         """
-        import atr_core.cnn14 as c
+        import atr_core.audio.cnn14 as c
         assert hasattr(panns_inference, "AudioTagging")  # the real package, left in place
         assert issubclass(c.Cnn14Segments, panns_inference.models.Cnn14)
         """,

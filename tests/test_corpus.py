@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from atr_core.audio import decode_audio
+from atr_core.audio.decode import decode_audio
 from atr_core.corpus import AUDIO_DIR, CORPUS_FILE, SPLITS, build_corpus, locate_sources
 from atr_core.corpus.build import inventory_from, stratified_splits, write_shuffled_captions
 from atr_core.corpus.catalogue import BACKGROUNDS, SOUNDS
 from atr_core.corpus.compose import SR, Library, compose
 from atr_core.corpus.sources import SOUNDFONT_FILE, SOUNDFONT_PACKAGE, STAMPS_DIR, STAMPS_PACKAGE
 from atr_core.errors import OutputExistsError
-from atr_core.manifest import read_manifest
+from atr_core.formats.manifest import read_manifest
 from pipelines import corpus as corpus_job
 
 

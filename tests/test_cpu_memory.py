@@ -11,7 +11,7 @@ import pytest
 PROBE = """
 import json, resource, sys
 import torch
-from atr_core.cpu_memory import freed_memory_retained, retain_freed_memory
+from atr_core.runtime.cpu_memory import freed_memory_retained, retain_freed_memory
 applied = retain_freed_memory() if sys.argv[1] == "retain" else False
 again = retain_freed_memory() if applied else False
 def faults():

@@ -1,4 +1,4 @@
-"""Tests for atr_core.data: the caption/shard join, stores, batching, streaming and shard checks.
+"""Tests for atr_core.training.data: the caption/shard join, stores, batching, streaming and shard checks.
 
 The helpers at the top (shards, captions files, word2vec files) are shared by the training tests.
 """
@@ -15,7 +15,11 @@ import pytest
 import torch
 from gensim.models import KeyedVectors
 
-from atr_core.data import (
+from atr_core.errors import InputError, SchemaError
+from atr_core.formats.manifest import ClipEntry
+from atr_core.formats.shards import ShardIdentity, rows_to_table, segment_schema
+from atr_core.text.word_vectors import WordVectors
+from atr_core.training.data import (
     ClipDataset,
     StreamingClips,
     TextStore,
@@ -27,10 +31,6 @@ from atr_core.data import (
     scan_shards,
     shuffle_buffer,
 )
-from atr_core.errors import InputError, SchemaError
-from atr_core.manifest import ClipEntry
-from atr_core.shards import ShardIdentity, rows_to_table, segment_schema
-from atr_core.text import WordVectors
 
 VOCAB = [
     "dog", "barks", "a", "car", "engine", "rain", "falls", "water", "birds", "sing", "loud", "quiet", "tone",

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from atr_core.chance import chance_levels
+from atr_core.audio.features import features_label
 from atr_core.errors import InputError, OutputExistsError
-from atr_core.features import features_label
+from atr_core.evaluation.chance import chance_levels
 from pipelines import demo
 
 

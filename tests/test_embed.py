@@ -15,12 +15,13 @@ import numpy as np
 import pytest
 import torch
 
-from atr_core import metrics, search
-from atr_core.model import ModelConfig, RetrievalModel
-from atr_core.model_io import load_model, save_model
-from atr_core.shards import ShardIdentity, rows_to_table, segment_schema
-from atr_core.text import train_word_vectors
-from atr_core.vectors import read_vectors
+from atr_core.evaluation import metrics
+from atr_core.formats.shards import ShardIdentity, rows_to_table, segment_schema
+from atr_core.formats.vectors import read_vectors
+from atr_core.model.directory import load_model, save_model
+from atr_core.model.retrieval import ModelConfig, RetrievalModel
+from atr_core.search import searcher as search
+from atr_core.text.word_vectors import train_word_vectors
 from pipelines import embed
 
 WORDS = ["dog", "barks", "rain", "falls", "car", "engine", "bird", "sings", "loud", "soft", "water", "wind"]

@@ -11,7 +11,7 @@ import pytest
 from gensim.models import KeyedVectors
 
 from atr_core.errors import ConfigMismatchError, InputError, SchemaError
-from atr_core.vectors import read_vectors
+from atr_core.formats.vectors import read_vectors
 from pipelines import embed
 from tests.test_embed import (
     AUDIO_DIM,

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from atr_core import features, shards
-from atr_core.audio import decode_audio, pad_to_minimum
-from atr_core.cnn14 import OFFICIAL_URL, SEGMENT_SAMPLES
+from atr_core.audio import features
+from atr_core.audio.cnn14 import OFFICIAL_URL, SEGMENT_SAMPLES
+from atr_core.audio.decode import decode_audio, pad_to_minimum
+from atr_core.audio.windows import Window
 from atr_core.errors import (
     CheckpointError,
     ConfigMismatchError,
@@ -20,7 +21,7 @@ from atr_core.errors import (
     InputError,
     OutputExistsError,
 )
-from atr_core.windows import Window
+from atr_core.formats import shards
 from pipelines import extract
 from pipelines.common import collect_counters, run_cli
 from tests.audio_fixtures import write_audio
@@ -501,7 +502,7 @@ def test_decode_fn_threads_keep_every_input_and_order_free_results(tmp_path, thr
     from apache_beam.testing.test_pipeline import TestPipeline
     from apache_beam.testing.util import assert_that, equal_to
 
-    from atr_core.manifest import ClipEntry
+    from atr_core.formats.manifest import ClipEntry
 
     entries = []
     for i in range(7):  # 7 entries: more and fewer than the files decoded ahead
@@ -540,7 +541,7 @@ def test_decode_options_are_checked(tmp_path, flag):
 
 def test_decode_fn_reads_ahead_in_input_order(monkeypatch):
     """A clip is emitted once ``ahead`` newer entries are queued behind it; the rest at bundle end."""
-    from atr_core.manifest import ClipEntry
+    from atr_core.formats.manifest import ClipEntry
 
     decoded_before_emit = []
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from atr_core import features
+from atr_core.audio import features
 from pipelines import extract
 from pipelines.common import run_cli
 from tests.audio_fixtures import write_audio

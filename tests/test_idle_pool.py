@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from atr_core import idle_pool
-from atr_core.idle_pool import IdlePriorityPool, idle_priority_supported
+from atr_core.runtime import idle_pool
+from atr_core.runtime.idle_pool import IdlePriorityPool, idle_priority_supported
 
 
 def _policy() -> int:

@@ -25,16 +25,16 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from atr_core.audio import decode_audio
+from atr_core.audio.decode import decode_audio
+from atr_core.audio.features import feature_identity
+from atr_core.audio.windows import extract_batch
 from atr_core.corpus import AUDIO_DIR, SPLITS
 from atr_core.corpus.build import write_shuffled_captions
-from atr_core.data import join_captions, load_split, scan_shards
-from atr_core.features import feature_identity
-from atr_core.manifest import read_manifest
-from atr_core.model_io import load_model
-from atr_core.shards import rows_to_table, segment_schema
-from atr_core.training import encode_split, evaluate, mean_pairwise_cosine
-from atr_core.windows import extract_batch
+from atr_core.formats.manifest import read_manifest
+from atr_core.formats.shards import rows_to_table, segment_schema
+from atr_core.model.directory import load_model
+from atr_core.training.data import join_captions, load_split, scan_shards
+from atr_core.training.loop import encode_split, evaluate, mean_pairwise_cosine
 from pipelines import train as train_job
 
 SPLIT_OF = dict(zip(SPLITS, ("train", "val", "test"), strict=True))
@@ -132,7 +132,7 @@ def test_shuffled_caption_control_stays_near_chance(real_corpus, lms_segments, t
 def test_learns_from_random_weight_cnn14_features_of_real_recordings(
     real_corpus, decoded, cnn14_checkpoint, tmp_path
 ):
-    from atr_core.cnn14 import load_cnn14, resolve_checkpoint
+    from atr_core.audio.cnn14 import load_cnn14, resolve_checkpoint
 
     info = resolve_checkpoint(str(cnn14_checkpoint))
     segments = write_feature_shards(tmp_path / "shards", decoded, load_cnn14(info), "cnn14", info)

@@ -1,4 +1,4 @@
-"""atr_core.lms: log-mel segment features against a direct librosa computation."""
+"""atr_core.audio.lms: log-mel segment features against a direct librosa computation."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from atr_core.cnn14 import num_segments
-from atr_core.lms import LogMelSegments
+from atr_core.audio.cnn14 import num_segments
+from atr_core.audio.lms import LogMelSegments
 
 
 @pytest.fixture(scope="module")

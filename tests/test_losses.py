@@ -1,11 +1,11 @@
-"""Tests for atr_core.losses: the max-margin ranking loss and caption-averaged similarities."""
+"""Tests for atr_core.training.losses: the max-margin ranking loss and caption-averaged similarities."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from atr_core.losses import MaxMarginRankingLoss, caption_averaged_similarity
+from atr_core.training.losses import MaxMarginRankingLoss, caption_averaged_similarity
 
 
 def loop_loss(s: torch.Tensor, m: float) -> tuple[float, int]:

@@ -1,4 +1,4 @@
-"""Tests for atr_core.manifest: formats, splits, errors, globs, duplicates."""
+"""Tests for atr_core.formats.manifest: formats, splits, errors, globs, duplicates."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import random
 import pytest
 
 from atr_core.errors import CaptionsFormatError, InputError
-from atr_core.manifest import (
+from atr_core.formats.manifest import (
     AUDIOCAPS_COLUMNS,
     CLOTHO_COLUMNS,
     ClipEntry,

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from atr_core.matmul_conv import PatchMatmulConv2d
+from atr_core.audio.matmul_conv import PatchMatmulConv2d
 
 
 def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:

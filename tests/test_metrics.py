@@ -1,4 +1,4 @@
-"""Tests for atr_core.metrics against a brute-force, loop-based reference (reference.md section 8)."""
+"""Tests for atr_core.evaluation.metrics against a brute-force loop reference (reference.md section 8)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import statistics
 import numpy as np
 import pytest
 
-from atr_core import metrics as M
 from atr_core.errors import AtrError, InputError
+from atr_core.evaluation import metrics as M
 
 # --------------------------------------------------------------------------- reference
 

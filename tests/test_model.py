@@ -1,4 +1,4 @@
-"""Tests for atr_core.model: context gating, GEU, encoders, config round trip, parameter count."""
+"""Tests for atr_core.model.retrieval: context gating, GEU, encoders, config round trip, parameter count."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from atr_core.aggregation import AGGREGATIONS
 from atr_core.errors import InputError, SchemaError
-from atr_core.model import (
+from atr_core.model.aggregation import AGGREGATIONS
+from atr_core.model.retrieval import (
     DEFAULT_MAX_SEGMENTS,
     AudioEncoder,
     ContextGating,

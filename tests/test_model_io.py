@@ -1,4 +1,4 @@
-"""Tests for atr_core.model_io: the trained-model directory (save, load, identity checks)."""
+"""Tests for atr_core.model.directory: the trained-model directory (save, load, identity checks)."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from gensim.models import KeyedVectors
 
 from atr_core import __version__
 from atr_core.errors import CheckpointError, ConfigMismatchError, SchemaError
-from atr_core.model import ModelConfig, RetrievalModel
-from atr_core.model_io import load_model, read_config, save_model
-from atr_core.storage import sha256_file
-from atr_core.text import load_word_vectors, train_word_vectors
+from atr_core.model.directory import load_model, read_config, save_model
+from atr_core.model.retrieval import ModelConfig, RetrievalModel
+from atr_core.runtime.storage import sha256_file
+from atr_core.text.word_vectors import load_word_vectors, train_word_vectors
 
 TEXT_DIM = 4
 CAPTIONS = ["a dog barks at a car", "rain on a roof", "a car engine starts", "birds sing near water"] * 3

@@ -1,4 +1,4 @@
-"""Tests for atr_core.optim: Lookahead math, Ranger configuration, bit-identical resume."""
+"""Tests for atr_core.training.optim: Lookahead math, Ranger configuration, bit-identical resume."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from atr_core.errors import InputError
-from atr_core.optim import Lookahead, build_optimizer
+from atr_core.training.optim import Lookahead, build_optimizer
 
 
 def quadratic_loss(w: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

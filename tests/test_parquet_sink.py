@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.testing.test_pipeline import TestPipeline
 
-from atr_core import shards
+from atr_core.formats import shards
 from pipelines.parquet_sink import WriteParquetTables, flat_columns
 
 

@@ -1,4 +1,4 @@
-"""Tests for atr_core.report: files, table values vs metrics.json, HTML well-formedness, PNGs, examples."""
+"""atr_core.evaluation.report: files, table values vs metrics.json, HTML well-formedness, PNGs, examples."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from atr_core import metrics as M
-from atr_core import report as R
 from atr_core.errors import InputError
+from atr_core.evaluation import metrics as M
+from atr_core.evaluation import report as R
 
 VOID = {"meta", "img", "br", "hr", "link", "input", "source", "wbr", "col", "area", "base"}
 NASTY = '<script>alert("x")</script> & a | pipe * star _under_ `tick`'

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from atr_core.errors import ConfigMismatchError, QueryError
-from atr_core.search import (
+from atr_core.search.searcher import (
     AnnIndex,
     AnnSpec,
     AnnUnavailableError,
@@ -119,14 +119,14 @@ def test_missing_faiss_is_a_clear_error(monkeypatch):
 
 def _write_direct_vectors(model_dir, corpus, out_dir, splits=("val", "test")):
     """Vectors computed straight through the model, written with the vectors writer (no pipeline)."""
-    from atr_core.model_io import read_config
-    from atr_core.vectors import (
+    from atr_core.formats.vectors import (
         VectorsIdentity,
         model_identity,
         vectors_schema,
         vectors_table,
         write_vectors_file,
     )
+    from atr_core.model.directory import read_config
     from tests.test_embed import direct_vectors
 
     config, meta = read_config(model_dir)
@@ -169,8 +169,8 @@ def search_corpus(tmp_path_factory):
 
 
 def test_search_text_equals_brute_force(search_corpus):
-    from atr_core.search import Searcher
-    from atr_core.vectors import read_vectors
+    from atr_core.formats.vectors import read_vectors
+    from atr_core.search.searcher import Searcher
 
     c, vec_dir = search_corpus
     s = Searcher.from_dirs(str(vec_dir), str(c.models[0]))
@@ -194,7 +194,7 @@ def test_search_text_equals_brute_force(search_corpus):
 
 @pytest.mark.parametrize("query", ["", "   ", "zzzq xxyq", "!!! ???"])
 def test_empty_or_out_of_vocabulary_query_is_a_query_error(search_corpus, query):
-    from atr_core.search import Searcher
+    from atr_core.search.searcher import Searcher
 
     c, vec_dir = search_corpus
     s = Searcher.from_dirs(str(vec_dir), str(c.models[0]))
@@ -205,7 +205,7 @@ def test_empty_or_out_of_vocabulary_query_is_a_query_error(search_corpus, query)
 
 
 def test_vectors_of_another_model_are_refused(search_corpus):
-    from atr_core.search import Searcher
+    from atr_core.search.searcher import Searcher
 
     c, vec_dir = search_corpus
     with pytest.raises(ConfigMismatchError, match="another model"):
@@ -215,7 +215,7 @@ def test_vectors_of_another_model_are_refused(search_corpus):
 def test_searcher_ann_index_is_saved_and_matches_exact(search_corpus, tmp_path):
     import shutil
 
-    from atr_core.search import Searcher
+    from atr_core.search.searcher import Searcher
 
     c, vec_dir = search_corpus
     local = tmp_path / "v"
@@ -235,10 +235,10 @@ def test_searcher_ann_index_is_saved_and_matches_exact(search_corpus, tmp_path):
 
 
 def test_search_audio_with_lms_features(tmp_path):
-    from atr_core.features import build_feature_model
-    from atr_core.search import Searcher, encode_segments
-    from atr_core.vectors import read_vectors
-    from atr_core.windows import extract_clip
+    from atr_core.audio.features import build_feature_model
+    from atr_core.audio.windows import extract_clip
+    from atr_core.formats.vectors import read_vectors
+    from atr_core.search.searcher import Searcher, encode_segments
     from tests.audio_fixtures import write_audio
     from tests.test_embed import make_corpus, make_model
 
@@ -253,7 +253,7 @@ def test_search_audio_with_lms_features(tmp_path):
     s = Searcher.from_dirs(str(vec_dir), str(lms_model))
     hits = s.search_audio(str(wav), k=4)
     caps = read_vectors(str(vec_dir), kind="caption")
-    from atr_core.audio import decode_audio, pad_to_minimum
+    from atr_core.audio.decode import decode_audio, pad_to_minimum
 
     wave, _ = pad_to_minimum(decode_audio(str(wav)).waveform)
     seg = extract_clip(build_feature_model("lms", None), wave)
@@ -268,15 +268,15 @@ def test_search_audio_with_lms_features(tmp_path):
 def _write_direct_vectors_lms(model_dir, corpus, out_dir):
     import torch
 
-    from atr_core.model_io import load_model, read_config
-    from atr_core.search import encode_captions
-    from atr_core.vectors import (
+    from atr_core.formats.vectors import (
         VectorsIdentity,
         model_identity,
         vectors_schema,
         vectors_table,
         write_vectors_file,
     )
+    from atr_core.model.directory import load_model, read_config
+    from atr_core.search.searcher import encode_captions
 
     config, meta = read_config(model_dir)
     model, _, wv = load_model(model_dir)

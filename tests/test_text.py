@@ -1,4 +1,4 @@
-"""Tests for atr_core.text: the tokeniser rule, word-vector files, encoding and trained fallback vectors."""
+"""atr_core.text.word_vectors: the tokeniser rule, word-vector files, encoding, trained fallback vectors."""
 
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ import pytest
 import torch
 from gensim.models import KeyedVectors
 
-from atr_core import text
 from atr_core.errors import InputError, SchemaError, WordVectorsError
-from atr_core.storage import sha256_file
-from atr_core.text import (
+from atr_core.runtime.storage import sha256_file
+from atr_core.text import word_vectors as text
+from atr_core.text.word_vectors import (
     MAX_WORDS,
     WordVectors,
     content_sha256,
@@ -345,7 +345,7 @@ def test_train_word_vectors_is_deterministic_and_lowercase():
 
 def test_train_word_vectors_is_deterministic_across_hash_seeds(tmp_path):
     script = (
-        "from atr_core.text import train_word_vectors\n"
+        "from atr_core.text.word_vectors import train_word_vectors\n"
         f"print(train_word_vectors({CORPUS!r}, dim=5, seed=1).identity['content_sha256'])\n"
     )
     outs = set()
@@ -402,8 +402,8 @@ def test_load_checks_the_saved_identity(tmp_path):
 def test_fallback_vectors_trained_on_real_captions_are_informative(real_corpus):
     """train:DIM on a few hundred real captions: words are spread out (not nearly parallel, as
     gensim's CBOW defaults left them) and a sound's two names end up close."""
-    from atr_core.manifest import read_manifest
-    from atr_core.training import mean_pairwise_cosine
+    from atr_core.formats.manifest import read_manifest
+    from atr_core.training.loop import mean_pairwise_cosine
 
     captions = [c for e in read_manifest(str(real_corpus / "clotho_captions_development.csv"))
                 for c in e.captions]

@@ -1,4 +1,4 @@
-"""Tests for the training job: atr_core.training and ``python -m pipelines.train``.
+"""Tests for the training job: atr_core.training.loop and ``python -m pipelines.train``.
 
 Tiny corpora (a few dozen clips, dims of 4-16, 2-3 epochs) keep every test to seconds on 2 cores.
 """
@@ -16,14 +16,14 @@ import numpy as np
 import pytest
 import torch
 
-from atr_core import training
-from atr_core.data import load_split, scan_shards
-from atr_core.losses import caption_averaged_similarity
-from atr_core.manifest import read_manifest
-from atr_core.model import ModelConfig, RetrievalModel
-from atr_core.model_io import load_model
-from atr_core.optim import build_optimizer
-from atr_core.training import RunDir, TrainConfig, clip_averaged_similarity, fit
+from atr_core.formats.manifest import read_manifest
+from atr_core.model.directory import load_model
+from atr_core.model.retrieval import ModelConfig, RetrievalModel
+from atr_core.training import loop as training
+from atr_core.training.data import load_split, scan_shards
+from atr_core.training.loop import RunDir, TrainConfig, clip_averaged_similarity, fit
+from atr_core.training.losses import caption_averaged_similarity
+from atr_core.training.optim import build_optimizer
 from pipelines import train as train_job
 from tests.test_data import (
     make_wv,
@@ -287,7 +287,7 @@ def test_best_epoch_is_the_max_score_and_ties_go_to_the_later_epoch(tmp_path):
 
 def test_padding_to_the_longest_clip_gives_the_same_embeddings(tmp_path):
     """With masking, the batch-max padding the job uses equals the authors' pad-to-cap, for every pooling."""
-    from atr_core.aggregation import AGGREGATIONS
+    from atr_core.model.aggregation import AGGREGATIONS
 
     inp = make_inputs(tmp_path)
     index = scan_shards(inp["segments"])

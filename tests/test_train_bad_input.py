@@ -161,7 +161,7 @@ def test_cuda_requested_without_a_gpu(tmp_path, capsys, monkeypatch):
 
 
 def test_a_diverging_loss_stops_with_a_clear_error(tmp_path, capsys, monkeypatch):
-    from atr_core import training
+    from atr_core.training import loop as training
 
     inp = make_inputs(tmp_path)
     nan_loss = lambda model, batch, loss_fn: torch.tensor(float("nan"), requires_grad=True)  # noqa: E731

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from atr_core import training
-from atr_core.model import ModelConfig, RetrievalModel
-from atr_core.training import (
+from atr_core.model.retrieval import ModelConfig, RetrievalModel
+from atr_core.training import loop as training
+from atr_core.training.loop import (
     COLLAPSE_COSINE,
     health_warnings,
     mean_pairwise_cosine,

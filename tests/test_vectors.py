@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from atr_core.errors import ConfigMismatchError, SchemaError
-from atr_core.shards import ShardIdentity, rows_to_table, segment_schema
-from atr_core.vectors import (
+from atr_core.formats.shards import ShardIdentity, rows_to_table, segment_schema
+from atr_core.formats.vectors import (
     SCHEMA_VERSION,
     VectorsIdentity,
     caption_id,

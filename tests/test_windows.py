@@ -1,4 +1,4 @@
-"""atr_core.windows: window plans, stitching, and exactness against whole-clip reference runs."""
+"""atr_core.audio.windows: window plans, stitching, and exactness against whole-clip reference runs."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from atr_core.cnn14 import SEGMENT_SAMPLES, num_segments
-from atr_core.errors import InputError
-from atr_core.windows import (
+from atr_core.audio.cnn14 import SEGMENT_SAMPLES, num_segments
+from atr_core.audio.windows import (
     DEFAULT_CONTEXT_SEGMENTS,
     DEFAULT_MAX_WINDOW_S,
     Window,
@@ -21,6 +20,7 @@ from atr_core.windows import (
     prepare_for_inference,
     stitch,
 )
+from atr_core.errors import InputError
 from tests.audio_fixtures import assert_exact
 from tests.audio_fixtures import sweep_clip as clip
 
@@ -198,8 +198,8 @@ def test_cnn14_unfolded_keeps_batchnorm(cnn14_model):
 
 
 def test_cnn14_matmul_convs_are_exact_and_pickle(cnn14_model, long_clips):
-    from atr_core.cnn14 import MATMUL_CONVS
-    from atr_core.matmul_conv import PatchMatmulConv2d
+    from atr_core.audio.cnn14 import MATMUL_CONVS
+    from atr_core.audio.matmul_conv import PatchMatmulConv2d
 
     xs, refs = long_clips
     fast = prepare_for_inference(pickle.loads(pickle.dumps(cnn14_model)))  # CPU: on by default

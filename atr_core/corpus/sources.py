@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from atr_core.errors import InputError
-from atr_core.storage import default_cache_dir
+from atr_core.runtime.storage import default_cache_dir
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 
 from atr_core import __version__
 from atr_core.errors import SchemaError
-from atr_core.storage import expand_glob, open_uri
+from atr_core.runtime.storage import expand_glob, open_uri
 
 SCHEMA_VERSION = 1
 KIND = "segments"

@@ -34,9 +34,9 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
+from atr_core.audio.matmul_conv import PatchMatmulConv2d
 from atr_core.errors import CheckpointError, InputError
-from atr_core.matmul_conv import PatchMatmulConv2d
-from atr_core.storage import FetchError, fetch, sha256_file
+from atr_core.runtime.storage import FetchError, fetch, sha256_file
 
 SAMPLE_RATE = 32000
 HOP = 320
@@ -81,14 +81,14 @@ def num_segments(n_samples: int) -> int:
 
 _IMPORT_LOCK = threading.Lock()
 _BARE_DOC = (
-    "Bare panns_inference package registered by atr_core.cnn14 so that importing "
+    "Bare panns_inference package registered by atr_core.audio.cnn14 so that importing "
     "panns_inference.models does not run the package __init__ (which downloads a label CSV)."
 )
 
 
 def _bare_getattr(name: str):
     raise AttributeError(
-        f"panns_inference.{name} is not available: atr_core.cnn14 imported panns_inference.models "
+        f"panns_inference.{name} is not available: atr_core.audio.cnn14 imported panns_inference.models "
         "without running the package __init__ (it downloads files); import the submodule you need "
         "explicitly, e.g. panns_inference.inference"
     )
@@ -213,7 +213,7 @@ class Cnn14Segments(_Cnn14):
         """Compute the convs that oneDNN runs slowly on CPU as one matrix product each, in place.
 
         Swaps :data:`MATMUL_CONVS` (the 1-channel first conv and conv_block6's convs over
-        31 x 2 maps) for :class:`~atr_core.matmul_conv.PatchMatmulConv2d`: same parameters and
+        31 x 2 maps) for :class:`~atr_core.audio.matmul_conv.PatchMatmulConv2d`: same parameters and
         state_dict, same function up to rounding, 1.5-3.5x faster per layer on CPU. The STFT
         stays on torch's conv: its rounding is amplified by the log of near-empty bins (a
         pure tone moved 1.3e-4 of the output scale as a matmul). Leave it off on GPUs.

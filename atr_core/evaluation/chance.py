@@ -1,4 +1,4 @@
-"""Chance levels: what the retrieval metrics of :mod:`atr_core.metrics` are for a random ranking.
+"""Chance levels: what the retrieval metrics of :mod:`atr_core.evaluation.metrics` are for a random ranking.
 
 A model that ranks the candidates in a uniformly random order (no ties) gets, in expectation:
 
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from atr_core.metrics import RECALL_KS
+from atr_core.evaluation.metrics import RECALL_KS
 
 
 def _summary(p_at_least: np.ndarray) -> dict[str, float]:

@@ -10,7 +10,7 @@ Everything a run writes lives in one output directory (:class:`RunDir`, local or
 =================  ===========================================================================
 ``run.json``       what the run is (options, model config, data): checked on ``resume``
 ``checkpoint.pt``  after every epoch: model, optimizer, scheduler, RNG states, history, best
-``model.pt`` ...   the best epoch's model, written by :func:`atr_core.model_io.save_model`
+``model.pt`` ...   the best epoch's model, written by :func:`atr_core.model.directory.save_model`
 ``metrics.jsonl``  one JSON line per epoch (loss, lr, validation metrics, time)
 ``curves.png``     training/validation loss and validation R@1/5/10 per epoch
 ``data.json``      the caption/shard join report
@@ -40,8 +40,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from atr_core.data import Batch, ClipSource
 from atr_core.errors import AtrError, CheckpointError, ConfigMismatchError, OutputExistsError
+from atr_core.training.data import Batch, ClipSource
 
 log = logging.getLogger(__name__)
 
@@ -460,7 +460,7 @@ def encode_split(
 
 def evaluate(model, source: ClipSource, device: torch.device, loss_fn=None, batch_size: int = 256) -> dict:
     """Full retrieval metrics on ``source`` (plus the loss on each clip's first caption, if asked)."""
-    from atr_core.metrics import blocked_retrieval_metrics
+    from atr_core.evaluation.metrics import blocked_retrieval_metrics
 
     text, audio, owner, _ = encode_split(model, source, device, batch_size)
     # JSON round trip: plain Python numbers (numpy scalars do not load with weights_only=True).
@@ -627,7 +627,7 @@ def fit(
     runs after the epoch's files are written. ``score_fn(val_metrics)`` is the selection score
     (default: :func:`selection_score`); the highest wins, ties going to the later epoch.
     """
-    from atr_core.losses import MaxMarginRankingLoss
+    from atr_core.training.losses import MaxMarginRankingLoss
 
     loss_fn = MaxMarginRankingLoss(margin=cfg.margin)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=cfg.lr_gamma)

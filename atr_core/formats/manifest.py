@@ -30,7 +30,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from atr_core.errors import CaptionsFormatError, InputError
-from atr_core.storage import expand_glob, is_remote, open_uri
+from atr_core.runtime.storage import expand_glob, is_remote, open_uri
 
 FORMATS = ("auto", "clotho", "audiocaps", "jsonl")
 SPLITS = ("train", "val", "test")

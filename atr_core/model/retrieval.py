@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from atr_core import __version__
-from atr_core.aggregation import AGGREGATIONS, build_aggregation
 from atr_core.errors import InputError, SchemaError
+from atr_core.model.aggregation import AGGREGATIONS, build_aggregation
 
 # The authors' segment caps (reference sections 1-2); applied by the data code, recorded in the config.
 DEFAULT_MAX_SEGMENTS = {"audiocaps": 31, "clotho": 90}

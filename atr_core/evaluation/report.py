@@ -21,8 +21,8 @@ import numpy as np
 
 from atr_core import __version__
 from atr_core.errors import InputError
-from atr_core.metrics import aggregate_runs, similarities
-from atr_core.storage import is_remote, open_uri
+from atr_core.evaluation.metrics import aggregate_runs, similarities
+from atr_core.runtime.storage import is_remote, open_uri
 
 REPORT_SCHEMA_VERSION = 1
 FILES = {
@@ -51,7 +51,7 @@ def table_cells(
 ) -> dict[str, list[str]]:
     """Formatted cells per direction, in :data:`COLUMNS` order, plus the query count.
 
-    With ``aggregate`` (from :func:`atr_core.metrics.aggregate_runs`) cells are ``mean ± std``.
+    With ``aggregate`` (from :func:`atr_core.evaluation.metrics.aggregate_runs`) cells are ``mean ± std``.
     """
     rows = {}
     for d, _ in DIRECTIONS:
@@ -395,7 +395,7 @@ NOTE = "R@K in %, MedR and MnR 1-based; R@1 counts only an untied first place (r
 
 
 def _title(metadata: Mapping[str, Any]) -> str:
-    from atr_core.features import features_label
+    from atr_core.audio.features import features_label
 
     split = metadata.get("split")
     model = metadata.get("model")
@@ -568,8 +568,8 @@ def write_report(
 ) -> dict[str, str]:
     """Write metrics.json, report.md, report.html and (when ranks are given) the two PNG figures.
 
-    ``metrics`` is a :func:`atr_core.metrics.retrieval_metrics`-style dict; ``ranks`` holds the 0-based
-    ``t2a``/``a2t`` rank vectors (may be empty: no figures); ``examples`` comes from
+    ``metrics`` is a :func:`atr_core.evaluation.metrics.retrieval_metrics`-style dict; ``ranks``
+    holds the 0-based ``t2a``/``a2t`` rank vectors (may be empty: no figures); ``examples`` comes from
     :func:`qualitative_examples` (may be empty); ``runs`` (several seeds) switches the table to
     mean ± std. Returns the written paths by kind (keys of :data:`FILES`).
     """

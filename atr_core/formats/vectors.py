@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 
 from atr_core import __version__
 from atr_core.errors import ConfigMismatchError, SchemaError
-from atr_core.storage import expand_glob, open_uri
+from atr_core.runtime.storage import expand_glob, open_uri
 
 SCHEMA_VERSION = 1
 KIND = "vectors"
@@ -98,7 +98,7 @@ def model_identity(config: Any, meta: Mapping[str, Any], name: str = "") -> dict
     """The identity of a trained model directory as recorded in vector files.
 
     ``config`` is its ``ModelConfig`` and ``meta`` the whole ``config.json`` (both from
-    ``atr_core.model_io.read_config``). Everything is a string so the map is JSON- and
+    ``atr_core.model.directory.read_config``). Everything is a string so the map is JSON- and
     Parquet-metadata safe. ``name`` is informative only: :func:`same_model_identity` ignores it.
     """
     wv = dict(getattr(config, "word_vectors", {}) or {})

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from atr_core.cnn14 import SAMPLE_RATE, SEGMENT_SAMPLES, num_segments
+from atr_core.audio.cnn14 import SAMPLE_RATE, SEGMENT_SAMPLES, num_segments
 from atr_core.errors import InputError
 
 DEFAULT_MAX_WINDOW_S = 60.0
@@ -242,11 +242,11 @@ def prepare_for_inference(
     """Speed knobs that keep outputs exact: eval, no grad, folded BatchNorm, matmul convs, channels-last.
 
     ``fold_batchnorm`` folds eval-mode BatchNorms into the convs before them when the model
-    offers it (:meth:`~atr_core.cnn14.Cnn14Segments.fold_batchnorm_`; about 4e-6 relative
+    offers it (:meth:`~atr_core.audio.cnn14.Cnn14Segments.fold_batchnorm_`; about 4e-6 relative
     rounding, well inside the exactness tolerance; 12-22 % faster on CPU in channels_last).
     ``matmul_convs`` (default: on when the model is on CPU) computes the convs oneDNN runs slowly
     as matrix products when the model offers it
-    (:meth:`~atr_core.cnn14.Cnn14Segments.use_matmul_convs_`; 1.5-3.5x faster on those layers).
+    (:meth:`~atr_core.audio.cnn14.Cnn14Segments.use_matmul_convs_`; 1.5-3.5x faster on those layers).
     ``channels_last`` converts 4-D conv weights in place and makes a model with a
     ``channels_last`` attribute feed its conv body in that format. ``compile`` returns
     ``torch.compile(model)`` (compiles per input shape on first use; not picklable: apply it

@@ -34,7 +34,7 @@ from gensim.models import KeyedVectors, Word2Vec
 
 from atr_core import __version__
 from atr_core.errors import InputError, SchemaError, WordVectorsError
-from atr_core.storage import fetch, is_remote, sha256_file
+from atr_core.runtime.storage import fetch, is_remote, sha256_file
 
 MAX_WORDS = 20
 UNKNOWN_VOCAB_WORDS = 50_000

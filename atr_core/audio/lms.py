@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torchlibrosa.stft import LogmelFilterBank, Spectrogram
 
-from atr_core.cnn14 import FMAX, FMIN, HOP, MEL_BINS, SAMPLE_RATE, SEGMENT_FRAMES, WINDOW_SIZE
+from atr_core.audio.cnn14 import FMAX, FMIN, HOP, MEL_BINS, SAMPLE_RATE, SEGMENT_FRAMES, WINDOW_SIZE
 
 
 class LogMelSegments(nn.Module):

@@ -1,7 +1,7 @@
 """Feature registry: build the (B, L) -> (B, T, D) segment model for ``cnn14`` or ``lms``.
 
 Both run at 32 kHz with 0.32 s segments (T = num_segments(L)); use the exact
-windowed/batched runners of :mod:`atr_core.windows` to apply them to clips.
+windowed/batched runners of :mod:`atr_core.audio.windows` to apply them to clips.
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from atr_core import cnn14
-from atr_core.cnn14 import (
+from atr_core.audio import cnn14
+from atr_core.audio.cnn14 import (
     EMBED_DIM,
     MEL_BINS,
     CheckpointInfo,
@@ -19,10 +19,10 @@ from atr_core.cnn14 import (
     resolve_checkpoint,
     resolve_device,
 )
+from atr_core.audio.lms import LogMelSegments
+from atr_core.audio.windows import prepare_for_inference
 from atr_core.errors import InputError
-from atr_core.lms import LogMelSegments
-from atr_core.shards import ShardIdentity
-from atr_core.windows import prepare_for_inference
+from atr_core.formats.shards import ShardIdentity
 
 FEATURES: dict[str, int] = {"cnn14": EMBED_DIM, "lms": MEL_BINS}
 

@@ -31,8 +31,8 @@ from fsspec.implementations.local import LocalFileSystem
 
 from atr_core import __version__
 from atr_core.errors import AtrError, CheckpointError, ConfigMismatchError, SchemaError
-from atr_core.model import ModelConfig, RetrievalModel
-from atr_core.text import TRAINED_SHA256, WordVectors, load_word_vectors
+from atr_core.model.retrieval import ModelConfig, RetrievalModel
+from atr_core.text.word_vectors import TRAINED_SHA256, WordVectors, load_word_vectors
 
 SCHEMA_VERSION = 1
 KIND = "atr-model"
