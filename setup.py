@@ -18,6 +18,7 @@ setup(
     description="Contextual audio-text retrieval: CNN14 segment features, NetRVLAD, Beam pipelines",
     packages=find_packages(include=["atr_core", "atr_core.*", "pipelines", "pipelines.*"]),
     python_requires=">=3.10",
+    entry_points={"console_scripts": ["atr = pipelines.cli:console"]},
     install_requires=[
         # Never apache-beam[torch]: that extra pins torch<2.8 and pulls CUDA wheels.
         "apache-beam>=2.77.0,<2.78",

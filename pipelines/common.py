@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from atr_core.errors import AtrError
@@ -15,6 +16,68 @@ from atr_core.errors import AtrError
 # Beam's in-process portable runner. The plain DirectRunner of Beam 2.77 first tries to
 # download a Prism binary from GitHub; this default never downloads anything.
 DEFAULT_LOCAL_RUNNER = "FnApiRunner"
+
+
+@dataclass(frozen=True)
+class BeamJob:
+    """What differs between the Beam jobs; :func:`run_job` is the skeleton they share.
+
+    ``plan`` validates the options and reads what the graph needs (before any work), ``build``
+    adds the named transforms to a pipeline, ``summarize`` turns the finished job's counters into
+    the summary dict (with a ``balanced`` flag), which ``write_summary`` stores and
+    ``format_summary`` prints.
+    """
+
+    name: str
+    namespace: str
+    options: type
+    build_parser: Callable[[], argparse.ArgumentParser]
+    plan: Callable[[Any], Any]
+    build: Callable[[Any, Any], object]
+    summarize: Callable[[Any, dict[str, int], str], dict[str, Any]]
+    write_summary: Callable[[Any, dict[str, Any]], str]
+    format_summary: Callable[[dict[str, Any]], str]
+    unbalanced: str = "counts do not balance"
+
+
+def run_job(
+    job: BeamJob, argv: Sequence[str] | None, test_pipeline: Any = None, wait: bool = True
+) -> Any:
+    """Parse, plan, build and run ``job``; then print and write its summary.
+
+    Args:
+        job: the job's parts.
+        argv: command-line flags (the job's options plus any Beam pipeline options).
+        test_pipeline: a pipeline to use instead of creating one (tests).
+        wait: wait for the job and write the summary; False submits and returns (Flex Template launch).
+
+    Returns:
+        The Beam ``PipelineResult``.
+
+    Raises:
+        AtrError: bad options or inputs, found while planning, before any work.
+    """
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    log = logging.getLogger(f"pipelines.{job.name}")  # the job's package logger
+    argv = list(sys.argv[1:] if argv is None else argv)
+    job.build_parser().parse_known_args(argv)  # --help, and argparse-level errors, before any work
+    options = PipelineOptions(argv)
+    plan = job.plan(options.view_as(job.options))
+    pipeline = test_pipeline or beam.Pipeline(options=options)
+    job.build(pipeline, plan)
+    result = pipeline.run()
+    if not wait:
+        return result
+    state = result.wait_until_finish()
+    summary = job.summarize(plan, collect_counters(result, job.namespace), str(state))
+    path = job.write_summary(plan, summary)
+    print(job.format_summary(summary))
+    log.info("summary written to %s", path)
+    if not summary["balanced"]:
+        log.error("%s (see %s)", job.unbalanced, path)
+    return result
 
 
 def with_default_runner(argv: Sequence[str] | None) -> list[str]:

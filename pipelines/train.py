@@ -19,14 +19,14 @@ import os
 import signal
 from collections.abc import Callable, Sequence
 
-import torch
-
 from atr_core import __version__
 from atr_core.errors import InputError
 from atr_core.formats.manifest import FORMATS, ClipEntry, detect_format, infer_split, read_manifest
 from atr_core.model.aggregation import AGGREGATIONS
 from atr_core.model.directory import CONFIG_FILE, MODEL_FILE, WORD_VECTORS_DIR, save_model
 from atr_core.model.retrieval import ModelConfig, RetrievalModel
+from atr_core.runtime.checks import check_at_least_one
+from atr_core.runtime.device import resolve_device
 from atr_core.runtime.storage import open_uri
 from atr_core.text.word_vectors import (
     MAX_WORDS,
@@ -64,7 +64,7 @@ from atr_core.training.loop import (
 from atr_core.training.optim import OPTIMIZERS, build_optimizer
 from pipelines.common import exit_process, run_cli
 
-log = logging.getLogger("atr.train")
+log = logging.getLogger(__name__)
 
 PROG = "python -m pipelines.train"
 #: Files of a run: a directory holding any of them holds a run (refused without --resume/--overwrite).
@@ -188,15 +188,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda: no CUDA device is available")
-    return torch.device(name)
-
-
 def parse_captions_spec(spec: str) -> tuple[str | None, str]:
     """``SPLIT=PATH`` -> (split, path); a plain path -> (None, path)."""
     head, sep, tail = spec.partition("=")
@@ -247,11 +238,9 @@ def kill_hook() -> Callable[[dict], None] | None:
 
 def train(args: argparse.Namespace) -> TrainResult:
     """Run the training job described by parsed ``args``; raises :class:`AtrError` on bad input."""
-    for name in ("max_words", "epochs", "batch_size", "eval_batch_size", "shuffle_buffer"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise InputError(f"--{name} must be >= 1, got {getattr(args, name)}")
-    if args.max_segments is not None and args.max_segments < 1:
-        raise InputError(f"--max_segments must be >= 1, got {args.max_segments}")
+    check_at_least_one(
+        args, ("max_words", "epochs", "batch_size", "eval_batch_size", "shuffle_buffer", "max_segments")
+    )
     device = resolve_device(args.device)
     train_split, val_split = infer_split(explicit=args.train_split), infer_split(explicit=args.val_split)
     if train_split == val_split:
@@ -326,9 +315,7 @@ def train(args: argparse.Namespace) -> TrainResult:
     )
     seed_everything(args.seed)
     model = RetrievalModel(config).to(device)
-    optimizer = build_optimizer(
-        args.optimizer, model.parameters(), lr=args.lr, weight_decay=args.weight_decay
-    )
+    optimizer = build_optimizer(cfg.optimizer, model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     result = fit(
         model, optimizer, train_src, val_src, run, cfg,
         save_best=lambda d: save_model(d, model, config, wv), device=device, resume=resume,
@@ -352,4 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    exit_process(main())
+    # the importable module's main: its logger is named pipelines.train, not __main__
+    from pipelines import train as _module
+
+    exit_process(_module.main())

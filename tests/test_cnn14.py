@@ -27,12 +27,12 @@ from atr_core.audio.cnn14 import (
     num_segments,
     official_state_shapes,
     resolve_checkpoint,
-    resolve_device,
 )
 from atr_core.audio.features import FEATURES, build_feature_model, feature_identity
 from atr_core.audio.lms import LogMelSegments
 from atr_core.audio.windows import forward_exact_batch, prepare_for_inference
 from atr_core.errors import CheckpointError, InputError
+from atr_core.runtime.device import resolve_device
 from atr_core.runtime.storage import sha256_file
 from tests.audio_fixtures import assert_exact
 from tests.audio_fixtures import sweep_clip as clip

@@ -14,11 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from apache_beam.options.pipeline_options import PipelineOptions
 
 from atr_core.evaluation import metrics
+from atr_core.evaluation.ranking import AudioIndex
 from atr_core.formats.shards import ShardIdentity, rows_to_table, segment_schema
 from atr_core.formats.vectors import read_vectors
+from atr_core.model.compat import model_names
 from atr_core.model.directory import load_model, save_model
+from atr_core.model.padding import pad_segments
 from atr_core.model.retrieval import ModelConfig, RetrievalModel
 from atr_core.search import searcher as search
 from atr_core.text.word_vectors import train_word_vectors
@@ -286,18 +290,18 @@ def test_several_models_give_an_aggregate_report(tmp_path):
     from atr_core.errors import OutputExistsError
 
     with pytest.raises(OutputExistsError, match="--overwrite"):
-        embed.plan_run(embed.PipelineOptions(embed_args(c, out)).view_as(embed.EmbedOptions))
+        embed.plan_run(PipelineOptions(embed_args(c, out)).view_as(embed.EmbedOptions))
     assert os.path.isdir(out / "test")
 
 
 def test_model_names_are_unique_and_short():
-    assert embed.model_names(["runs/a", "runs/b/"]) == ["a", "b"]
-    assert embed.model_names(["x/seed0/model", "x/seed1/model"]) == ["seed0_model", "seed1_model"]
+    assert model_names(["runs/a", "runs/b/"]) == ["a", "b"]
+    assert model_names(["x/seed0/model", "x/seed1/model"]) == ["seed0_model", "seed1_model"]
     with pytest.raises(Exception, match="twice"):
-        embed.model_names(["a", "a/"])
+        model_names(["a", "a/"])
 
 
-def test_pad_batch_and_prepare_segments():
+def test_pad_segments_and_prepare_segments():
     rng = np.random.default_rng(0)
     for _ in range(30):
         segs = [
@@ -305,7 +309,7 @@ def test_pad_batch_and_prepare_segments():
             for _ in range(int(rng.integers(1, 5)))
         ]
         prepared = [search.prepare_segments(s, 5) for s in segs]
-        x, mask = search.pad_batch(prepared, 5)
+        x, mask = pad_segments(prepared, 5)
         for i, s in enumerate(segs):
             n = min(len(s), 5)
             np.testing.assert_array_equal(x[i, :n], s[:n].astype(np.float32))
@@ -314,7 +318,7 @@ def test_pad_batch_and_prepare_segments():
 
 def _rank_like_the_pipeline(rng, text, audio, a_ids, c_ids, c_aud):
     """The pipeline's ranking functions without Beam: random caption order and random blocks."""
-    index = embed.AudioIndex.build(
+    index = AudioIndex.build(
         [embed.Vector(a, "audio", "s", a, None, v) for a, v in zip(a_ids, audio, strict=True)], audio.shape[1]
     )
     caps = [embed.Vector(c, "caption", "s", a, "x", v) for c, a, v in zip(c_ids, c_aud, text, strict=True)]

@@ -550,7 +550,7 @@ def test_decode_fn_reads_ahead_in_input_order(monkeypatch):
         info = extract.ClipInfo(entry.audio_id, entry.uri, None, 1.0, 16000, 1, len(wave), 1)
         return extract.DecodeOutcome(clip=(info, wave), file_read=True, audio_ms=1000)
 
-    monkeypatch.setattr(extract, "decode_entry", fake_decode)
+    monkeypatch.setattr(extract.transforms, "decode_entry", fake_decode)
     fn = extract.DecodeFn(threads=2, ahead=3)
     fn.setup()
     fn.start_bundle()

@@ -20,12 +20,12 @@ from atr_core.formats.manifest import (
     glob_root,
     glob_split,
     infer_split,
-    join_uri,
     read_glob,
     read_manifest,
     split_duplicates,
     split_from_name,
 )
+from atr_core.runtime.storage import join_uri
 
 ALPHABET = "abcdefghij XYZ,;\"'\n\té日本ñ-_.!?"
 

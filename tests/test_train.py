@@ -21,8 +21,8 @@ from atr_core.model.directory import load_model
 from atr_core.model.retrieval import ModelConfig, RetrievalModel
 from atr_core.training import loop as training
 from atr_core.training.data import load_split, scan_shards
-from atr_core.training.loop import RunDir, TrainConfig, clip_averaged_similarity, fit
-from atr_core.training.losses import caption_averaged_similarity
+from atr_core.training.loop import RunDir, TrainConfig, fit
+from atr_core.training.losses import caption_averaged_similarity, clip_averaged_similarity
 from atr_core.training.optim import build_optimizer
 from pipelines import train as train_job
 from tests.test_data import (

@@ -35,7 +35,8 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from atr_core.audio.matmul_conv import PatchMatmulConv2d
-from atr_core.errors import CheckpointError, InputError
+from atr_core.errors import CheckpointError
+from atr_core.runtime.device import resolve_device
 from atr_core.runtime.storage import FetchError, fetch, sha256_file
 
 SAMPLE_RATE = 32000
@@ -498,8 +499,18 @@ def load_official_state_dict(
 def load_cnn14(info: CheckpointInfo, device: str | torch.device = "cpu") -> Cnn14Segments:
     """Build :class:`Cnn14Segments` with ``info``'s weights on ``device`` (eval, requires_grad False).
 
-    If ``info.local_path`` does not exist here (e.g. a Beam worker), the file is fetched
-    again from ``info.spec`` and checked against ``info.sha256``.
+    Args:
+        info: a checkpoint resolved by :func:`resolve_checkpoint` (official file or ``random:SEED``).
+        device: ``auto``, ``cpu`` or ``cuda[:N]``.
+
+    Returns:
+        The frozen segment model.
+
+    Raises:
+        CheckpointError: the file cannot be fetched again, fails its sha256, or does not hold
+            the official CNN14 state_dict. If ``info.local_path`` does not exist here (e.g. a
+            Beam worker), the file is fetched again from ``info.spec`` first.
+        InputError: a device that is not available.
     """
     dev = resolve_device(device)
     model = Cnn14Segments(init_weights=False)  # every weight is set below
@@ -516,23 +527,3 @@ def load_cnn14(info: CheckpointInfo, device: str | torch.device = "cpu") -> Cnn1
         model.load_state_dict(load_official_state_dict(path, info.spec), strict=True)
     model.requires_grad_(False)
     return model.to(dev)
-
-
-def resolve_device(name: str | torch.device = "auto") -> torch.device:
-    """``auto`` (CUDA when available, else CPU), ``cpu`` or ``cuda[:N]``; error if CUDA is absent."""
-    text = str(name).strip().lower()
-    if text == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if text == "cpu":
-        return torch.device("cpu")
-    if text == "cuda" or text.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise InputError(
-                f"device {name!s}: CUDA is not available here (torch {torch.__version__}); "
-                "use device cpu or auto"
-            )
-        dev = torch.device(text)
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise InputError(f"device {name!s}: only {torch.cuda.device_count()} CUDA device(s) visible")
-        return dev
-    raise InputError(f"device {name!r}: expected auto, cpu or cuda[:N]")

@@ -17,12 +17,12 @@ from atr_core.audio.cnn14 import (
     Cnn14Segments,
     load_cnn14,
     resolve_checkpoint,
-    resolve_device,
 )
 from atr_core.audio.lms import LogMelSegments
 from atr_core.audio.windows import prepare_for_inference
 from atr_core.errors import InputError
 from atr_core.formats.shards import ShardIdentity
+from atr_core.runtime.device import resolve_device
 
 FEATURES: dict[str, int] = {"cnn14": EMBED_DIM, "lms": MEL_BINS}
 
@@ -37,7 +37,6 @@ __all__ = [
     "num_segments",
     "prepare_for_inference",
     "resolve_checkpoint",
-    "resolve_device",
 ]
 
 

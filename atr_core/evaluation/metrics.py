@@ -129,25 +129,33 @@ def metrics_from_ranks(ranks: Mapping[str, np.ndarray], n_clips: int) -> dict[st
     return {"t2a": t2a, "a2t": a2t}
 
 
-def aggregate_runs(runs: Sequence[Mapping[str, Any]], ddof: int = 0) -> dict[str, Any]:
+AGGREGATE_STATS = ("mean", "std", "values")
+
+
+def aggregate_runs(
+    runs: Sequence[Mapping[str, Any]], ddof: int = 0, stat: str | None = None
+) -> dict[str, Any]:
     """Mean and standard deviation of every numeric leaf over several runs (e.g. seeds).
 
     ``runs`` are metrics dicts of identical structure. Returns the same nesting with each number
-    replaced by ``{"mean", "std", "values"}``. ``ddof=0`` is numpy's default population std.
+    replaced by ``{"mean", "std", "values"}``, or with ``stat`` (one of those keys, e.g. ``"mean"``)
+    by that value alone: a metrics dict of the means. ``ddof=0`` is numpy's default population std.
     """
     if not runs:
         raise InputError("aggregate_runs needs at least one run")
-    return _aggregate([dict(r) for r in runs], ddof, path="")
+    if stat is not None and stat not in AGGREGATE_STATS:
+        raise InputError(f"aggregate_runs: stat must be one of {', '.join(AGGREGATE_STATS)}, got {stat!r}")
+    return _aggregate([dict(r) for r in runs], ddof, path="", stat=stat)
 
 
-def _aggregate(nodes: list[Any], ddof: int, path: str) -> Any:
+def _aggregate(nodes: list[Any], ddof: int, path: str, stat: str | None = None) -> Any:
     first = nodes[0]
     if isinstance(first, Mapping):
         keys = list(first.keys())
         for i, n in enumerate(nodes):
             if not isinstance(n, Mapping) or set(n.keys()) != set(keys):
                 raise InputError(f"run {i} does not have the same keys as run 0 at '{path or '/'}'")
-        return {k: _aggregate([n[k] for n in nodes], ddof, f"{path}/{k}") for k in keys}
+        return {k: _aggregate([n[k] for n in nodes], ddof, f"{path}/{k}", stat) for k in keys}
     values = []
     for i, n in enumerate(nodes):
         if isinstance(n, bool) or not isinstance(n, (int, float, np.integer, np.floating)):
@@ -155,7 +163,8 @@ def _aggregate(nodes: list[Any], ddof: int, path: str) -> Any:
         values.append(float(n))
     arr = np.asarray(values)
     std = float(arr.std(ddof=ddof)) if arr.size > ddof else float("nan")
-    return {"mean": float(arr.mean()), "std": std, "values": values}
+    leaf = {"mean": float(arr.mean()), "std": std, "values": values}
+    return leaf if stat is None else leaf[stat]
 
 
 # --------------------------------------------------------------------------- full matrix
@@ -246,8 +255,19 @@ def _a2t_per_caption(s: np.ndarray, c2c: np.ndarray, own: np.ndarray) -> np.ndar
 
 
 def retrieval_metrics(sims: Any, caption_to_clip: Any) -> dict[str, dict[str, float | int]]:
-    """t2a and a2t metrics (R1, R5, R10, R50, MedR, MeanR, geometric_mean, num_queries, num_excluded)
-    from a full (n_captions, n_clips) similarity matrix and each caption's clip index."""
+    """Text-to-audio and audio-to-text retrieval metrics from a full similarity matrix.
+
+    Args:
+        sims: (n_captions, n_clips) similarities, higher is more similar.
+        caption_to_clip: (n_captions,) the index of each caption's own clip.
+
+    Returns:
+        ``{"t2a": {...}, "a2t": {...}}``, each with R1, R5, R10, R50 (percent), MedR, MeanR
+        (1-based), geometric_mean, num_queries and num_excluded (docs/metrics.md).
+
+    Raises:
+        InputError: shapes that do not fit, or a caption index outside the clips.
+    """
     ranks = rank_vectors(sims, caption_to_clip)
     return metrics_from_ranks(ranks, np.asarray(sims).shape[1])
 

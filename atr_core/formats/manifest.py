@@ -30,7 +30,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from atr_core.errors import CaptionsFormatError, InputError
-from atr_core.runtime.storage import expand_glob, is_remote, open_uri
+from atr_core.runtime.storage import expand_glob, is_remote, join_uri, open_uri
 
 FORMATS = ("auto", "clotho", "audiocaps", "jsonl")
 SPLITS = ("train", "val", "test")
@@ -107,15 +107,6 @@ def infer_split(path: str | None = None, explicit: str | None = None, field: str
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-
-
-def join_uri(root: str, name: str) -> str:
-    """``name`` resolved against ``root`` (a local directory or a URL prefix); absolute names win."""
-    if is_remote(name) or os.path.isabs(name) or not root:
-        return name
-    if is_remote(root):
-        return root.rstrip("/") + "/" + name.lstrip("/")
-    return os.path.join(root, name)
 
 
 def _default_root(path: str) -> str:

@@ -33,8 +33,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from atr_core import __version__
-from atr_core.errors import SchemaError
-from atr_core.runtime.storage import expand_glob, open_uri
+from atr_core.errors import ConfigMismatchError, SchemaError
+from atr_core.formats.parquet_files import list_parquet_files, read_schema_metadata
+from atr_core.runtime.storage import open_uri
 
 SCHEMA_VERSION = 1
 KIND = "segments"
@@ -154,17 +155,12 @@ def table_embeddings(table: pa.Table) -> list[np.ndarray]:
 
 def list_shards(pattern: str) -> list[str]:
     """Shard files matching a path, directory or glob (local or gs://), sorted; error if none."""
-    paths = [p for p in expand_glob(pattern) if p.endswith(".parquet")]
-    if not paths:
-        raise SchemaError(f"{pattern}: no .parquet shards found")
-    return paths
+    return list_parquet_files(pattern, "shards")
 
 
 def read_identity(path: str) -> ShardIdentity:
     """Read and validate one shard's identity without reading its rows."""
-    with open_uri(path) as f:
-        meta = pq.ParquetFile(f).schema_arrow.metadata
-    return ShardIdentity.from_metadata(meta, path)
+    return ShardIdentity.from_metadata(read_schema_metadata(path), path)
 
 
 def iter_shard_tables(
@@ -179,10 +175,16 @@ def iter_shard_tables(
 
 
 def read_segments(pattern: str) -> Iterator[tuple[str, np.ndarray]]:
-    """Yield ``(audio_id, embeddings[T, D])`` for every clip in the shards at ``pattern``.
+    """Every clip's segment embeddings in the shards at ``pattern``, shard by shard.
 
-    ``pattern`` is a shard file, a directory or a glob, local or gs:// (fsspec).
-    Shards of an unknown schema version raise :class:`SchemaError`.
+    Args:
+        pattern: a shard file, a directory or a glob, local or gs:// (fsspec).
+
+    Returns:
+        An iterator of ``(audio_id, embeddings)``, embeddings a (T, D) array of the shard dtype.
+
+    Raises:
+        SchemaError: no shards found, or a shard of an unknown schema version.
     """
     for _, _, table in iter_shard_tables(pattern, columns=["audio_id", "embedding"]):
         ids = table.column("audio_id").to_pylist()
@@ -221,3 +223,22 @@ def check_consistent(identities: Iterable[tuple[str, ShardIdentity]]) -> ShardId
     if first is None:
         raise SchemaError("no shards")
     return first[1]
+
+
+def check_appendable(paths: Iterable[str], identity: ShardIdentity) -> None:
+    """Shards at ``paths`` were written with ``identity``'s feature, dimension, dtype and weights.
+
+    A run that adds shards to an existing set (``--incremental``) checks this first.
+
+    Raises:
+        ConfigMismatchError: the first shard that differs, e.g. ``<path> has dtype='float16' but this
+            run has dtype='float32'``.
+    """
+    for path in paths:
+        ident = read_identity(path)
+        for attr in ("feature", "embedding_dim", "dtype", "checkpoint_sha256"):
+            if getattr(ident, attr) != getattr(identity, attr):
+                raise ConfigMismatchError(
+                    f"{path} has {attr}={getattr(ident, attr)!r} "
+                    f"but this run has {attr}={getattr(identity, attr)!r}"
+                )

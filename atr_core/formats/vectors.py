@@ -37,7 +37,8 @@ import pyarrow.parquet as pq
 
 from atr_core import __version__
 from atr_core.errors import ConfigMismatchError, SchemaError
-from atr_core.runtime.storage import expand_glob, open_uri
+from atr_core.formats.parquet_files import list_parquet_files, read_schema_metadata
+from atr_core.runtime.storage import open_uri
 
 SCHEMA_VERSION = 1
 KIND = "vectors"
@@ -232,16 +233,12 @@ class VectorSet:
 
 def list_vector_files(pattern: str) -> list[str]:
     """Vector files (``.parquet``) at a path, directory (recursive) or glob; error if none."""
-    paths = [p for p in expand_glob(pattern) if p.endswith(".parquet")]
-    if not paths:
-        raise SchemaError(f"{pattern}: no .parquet vector files found")
-    return paths
+    return list_parquet_files(pattern, "vector files")
 
 
 def read_vectors_identity(path: str) -> VectorsIdentity:
     """Read and validate one vectors file's identity without reading its rows."""
-    with open_uri(path) as f:
-        return VectorsIdentity.from_metadata(pq.ParquetFile(f).schema_arrow.metadata, path)
+    return VectorsIdentity.from_metadata(read_schema_metadata(path), path)
 
 
 def read_vectors(pattern: str, kind: str | None = None, split: str | None = None) -> VectorSet:

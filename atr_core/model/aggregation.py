@@ -155,19 +155,25 @@ class NetVLAD(NetRVLAD):
     has_centres = True
 
 
+def check_aggregation(name: str) -> str:
+    """``name`` if it is a known aggregation, else :class:`InputError` listing the choices."""
+    if name not in AGGREGATIONS:
+        raise InputError(f"unknown aggregation {name!r}; choose one of {', '.join(AGGREGATIONS)}")
+    return name
+
+
 def build_aggregation(
     name: str, dim: int, clusters: int = 0, hidden: int = 2048, use_mask: bool = True
 ) -> nn.Module:
     """Aggregation module by name: ``mean|max|lstm|netvlad|netrvlad`` (``clusters`` for the VLADs)."""
+    check_aggregation(name)
     if name == "mean":
         return MeanPool(dim)
     if name == "max":
         return MaxPool(dim, use_mask=use_mask)
     if name == "lstm":
         return LSTMPool(dim, hidden)
-    if name in ("netvlad", "netrvlad"):
-        if clusters < 1:
-            raise InputError(f"aggregation {name} needs clusters >= 1, got {clusters}")
-        cls = NetVLAD if name == "netvlad" else NetRVLAD
-        return cls(dim, clusters, use_mask=use_mask)
-    raise InputError(f"unknown aggregation {name!r}; choose one of {', '.join(AGGREGATIONS)}")
+    if clusters < 1:
+        raise InputError(f"aggregation {name} needs clusters >= 1, got {clusters}")
+    cls = NetVLAD if name == "netvlad" else NetRVLAD
+    return cls(dim, clusters, use_mask=use_mask)

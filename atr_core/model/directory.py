@@ -30,8 +30,10 @@ import torch
 from fsspec.implementations.local import LocalFileSystem
 
 from atr_core import __version__
-from atr_core.errors import AtrError, CheckpointError, ConfigMismatchError, SchemaError
+from atr_core.errors import AtrError, CheckpointError, ConfigMismatchError
+from atr_core.formats.sidecar import read_sidecar
 from atr_core.model.retrieval import ModelConfig, RetrievalModel
+from atr_core.runtime.storage import join_uri
 from atr_core.text.word_vectors import TRAINED_SHA256, WordVectors, load_word_vectors
 
 SCHEMA_VERSION = 1
@@ -97,22 +99,11 @@ def save_model(
 
 def read_config(directory: str | os.PathLike) -> tuple[ModelConfig, dict[str, Any]]:
     """Read and validate ``config.json``: (ModelConfig, the whole metadata dict)."""
-    fs, root = fsspec.core.url_to_fs(str(directory))
     where = f"{directory}/{CONFIG_FILE}"
-    try:
-        with fs.open(_join(root, CONFIG_FILE), "rb") as f:
-            meta = json.loads(f.read().decode("utf-8"))
-    except FileNotFoundError as exc:
-        raise CheckpointError(f"{where}: missing; not a trained model directory") from exc
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{where}: unreadable: {exc}") from exc
-    if not isinstance(meta, dict) or meta.get("kind") != KIND:
-        raise SchemaError(f"{where}: not an atr model config (expected kind={KIND!r})")
-    if meta.get("schema_version") != SCHEMA_VERSION:
-        raise SchemaError(
-            f"{where}: model schema_version {meta.get('schema_version')!r} is not supported; "
-            f"expected {SCHEMA_VERSION}"
-        )
+    meta = read_sidecar(
+        where, kind=KIND, schema_version=SCHEMA_VERSION, what="model config",
+        missing=CheckpointError, missing_hint="not a trained model directory",
+    )
     return ModelConfig.from_dict(meta.get("config"), where=where), meta
 
 
@@ -124,16 +115,26 @@ def load_model(
 ) -> tuple[RetrievalModel, ModelConfig, WordVectors | None]:
     """Load a model directory: (RetrievalModel in eval mode on ``device``, ModelConfig, WordVectors).
 
-    Pretrained vectors are reloaded from the recorded source, or from ``word_vectors`` (a file
-    spec, or a saved word-vectors directory) when given, and must match the recorded sha256,
-    vocabulary size and dim (:class:`ConfigMismatchError` otherwise). ``with_word_vectors=False``
-    skips them (audio-only use) and returns None in their place.
+    Args:
+        directory: the model directory (local or gs://) written by ``pipelines.train``.
+        word_vectors: a word2vec file spec or saved word-vectors directory to use instead of the
+            recorded source; it must match the recorded sha256, vocabulary size and dim.
+        device: torch device for the model.
+        with_word_vectors: False skips the word vectors (audio-only use; None in their place).
+
+    Returns:
+        ``(model in eval mode on device, its ModelConfig, its WordVectors or None)``.
+
+    Raises:
+        CheckpointError: a missing or unreadable file of the directory.
+        SchemaError: not a model directory of a supported schema version.
+        ConfigMismatchError: weights or word vectors that differ from what config.json records.
     """
     config, meta = read_config(directory)
     fs, root = fsspec.core.url_to_fs(str(directory))
     where = f"{directory}/{MODEL_FILE}"
     try:
-        with fs.open(_join(root, MODEL_FILE), "rb") as f:
+        with fs.open(join_uri(root, MODEL_FILE), "rb") as f:
             payload = f.read()
     except FileNotFoundError as exc:
         raise CheckpointError(f"{where}: missing") from exc
@@ -166,7 +167,7 @@ def _load_word_vectors(
         wv = load_word_vectors(override, limit=recorded.get("limit"))
     elif recorded.get("sha256") == TRAINED_SHA256:
         with tempfile.TemporaryDirectory(prefix="atr-wv-") as tmp:
-            src = _join(root, WORD_VECTORS_DIR)
+            src = join_uri(root, WORD_VECTORS_DIR)
             if not fs.isdir(src):
                 raise CheckpointError(f"{directory}/{WORD_VECTORS_DIR}: missing trained word vectors")
             for path in fs.ls(src, detail=False):
@@ -190,14 +191,14 @@ def _load_word_vectors(
 
 def _save_word_vectors_dir(fs: fsspec.AbstractFileSystem, root: str, wv: WordVectors) -> None:
     """Stage the vectors locally, upload under a temporary name, then swap it into place."""
-    final = _join(root, WORD_VECTORS_DIR)
-    tmp_remote = _join(root, f".{WORD_VECTORS_DIR}.tmp-{uuid.uuid4().hex}")
+    final = join_uri(root, WORD_VECTORS_DIR)
+    tmp_remote = join_uri(root, f".{WORD_VECTORS_DIR}.tmp-{uuid.uuid4().hex}")
     with tempfile.TemporaryDirectory(prefix="atr-wv-") as tmp:
         wv.save(tmp)
         fs.makedirs(tmp_remote, exist_ok=True)
         for name in sorted(os.listdir(tmp)):
-            fs.put_file(os.path.join(tmp, name), _join(tmp_remote, name))
-    old = _join(root, f".{WORD_VECTORS_DIR}.old-{uuid.uuid4().hex}")
+            fs.put_file(os.path.join(tmp, name), join_uri(tmp_remote, name))
+    old = join_uri(root, f".{WORD_VECTORS_DIR}.old-{uuid.uuid4().hex}")
     try:
         if fs.exists(final):
             fs.mv(final, old, recursive=True)
@@ -212,8 +213,8 @@ def _save_word_vectors_dir(fs: fsspec.AbstractFileSystem, root: str, wv: WordVec
 
 def _write_atomic(fs: fsspec.AbstractFileSystem, root: str, name: str, data: bytes) -> None:
     """Write ``data`` to ``root/name`` through a temporary name and a rename."""
-    final = _join(root, name)
-    tmp = _join(root, f".{name}.tmp-{uuid.uuid4().hex}")
+    final = join_uri(root, name)
+    tmp = join_uri(root, f".{name}.tmp-{uuid.uuid4().hex}")
     try:
         with fs.open(tmp, "wb") as f:
             f.write(data)
@@ -224,7 +225,3 @@ def _write_atomic(fs: fsspec.AbstractFileSystem, root: str, name: str, data: byt
     finally:
         if fs.exists(tmp):
             fs.rm(tmp)
-
-
-def _join(root: str, name: str) -> str:
-    return f"{root.rstrip('/')}/{name}"

@@ -16,7 +16,7 @@ from torch import nn
 
 from atr_core import __version__
 from atr_core.errors import InputError, SchemaError
-from atr_core.model.aggregation import AGGREGATIONS, build_aggregation
+from atr_core.model.aggregation import build_aggregation, check_aggregation
 
 # The authors' segment caps (reference sections 1-2); applied by the data code, recorded in the config.
 DEFAULT_MAX_SEGMENTS = {"audiocaps": 31, "clotho": 90}
@@ -72,10 +72,7 @@ class ModelConfig:
     package_version: str = __version__
 
     def __post_init__(self) -> None:
-        if self.aggregation not in AGGREGATIONS:
-            raise InputError(
-                f"unknown aggregation {self.aggregation!r}; choose one of {', '.join(AGGREGATIONS)}"
-            )
+        check_aggregation(self.aggregation)
         for name in ("audio_dim", "text_dim", "embed_dim", "audio_clusters", "text_clusters", "lstm_hidden"):
             if getattr(self, name) < 1:
                 raise InputError(f"model config: {name} must be >= 1, got {getattr(self, name)}")

@@ -29,6 +29,28 @@ def is_remote(uri: str) -> bool:
     return uri.startswith(REMOTE_PREFIXES)
 
 
+def join_uri(root: str, *parts: str) -> str:
+    """``parts`` joined onto ``root``: a local directory (``os.path.join``) or a URL prefix (``/``).
+
+    A part that is itself absolute or a URL replaces what came before it, and an empty root
+    leaves the parts as they are, so ``join_uri(root, name)`` resolves a manifest's file name.
+    """
+    out = root
+    for part in parts:
+        if "://" in part or os.path.isabs(part) or not out:
+            out = part
+        elif "://" in out:
+            out = out.rstrip("/") + "/" + part.lstrip("/")
+        else:
+            out = os.path.join(out, part)
+    return out
+
+
+def absolute_uri(uri: str) -> str:
+    """A URL as given, a local path made absolute (how a job records its inputs and outputs)."""
+    return uri if "://" in uri else os.path.abspath(uri)
+
+
 def open_uri(uri: str, mode: str = "rb") -> IO:
     """Open a local path or URL with fsspec (binary by default)."""
     return fsspec.open(uri, mode).open()

@@ -22,6 +22,7 @@ import numpy as np
 
 from atr_core.errors import AnnUnavailableError, ConfigMismatchError, InputError, QueryError
 from atr_core.formats.vectors import VectorSet, model_identity, read_vectors, same_model_identity
+from atr_core.model.padding import pad_segments
 
 DEFAULT_K = 10
 log = logging.getLogger(__name__)
@@ -359,28 +360,13 @@ def prepare_segments(segments: np.ndarray, max_segments: int) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(segments)[:max_segments], dtype=np.float32)
 
 
-def pad_batch(batch: Sequence[np.ndarray], length: int) -> tuple[np.ndarray, np.ndarray]:
-    """Zero-pad (T_i, D) arrays (T_i <= length) to (B, length, D) with a (B, length) 0/1 mask.
-
-    Like the training loader, every clip is padded to the model's ``max_segments``.
-    """
-    dim = batch[0].shape[1]
-    x = np.zeros((len(batch), length, dim), dtype=np.float32)
-    mask = np.zeros((len(batch), length), dtype=np.float32)
-    for i, seg in enumerate(batch):
-        n = min(len(seg), length)
-        x[i, :n] = seg[:n]
-        mask[i, :n] = 1.0
-    return x, mask
-
-
 def encode_segments(
     model: Any, batch: Sequence[np.ndarray], max_segments: int, device: Any = "cpu"
 ) -> np.ndarray:
     """Unit audio vectors (B, E) of clips given as (T_i, D) segment arrays (capped, padded, masked)."""
     import torch
 
-    x, mask = pad_batch([prepare_segments(s, max_segments) for s in batch], max_segments)
+    x, mask = pad_segments([prepare_segments(s, max_segments) for s in batch], max_segments)
     with torch.no_grad():
         out = model.encode_audio(torch.from_numpy(x).to(device), torch.from_numpy(mask).to(device))
     return out.float().cpu().numpy()
@@ -449,13 +435,27 @@ class Searcher:
     ) -> Searcher:
         """Load a model directory and the vectors under ``vectors_dir`` (all splits, or ``splits``).
 
-        The vectors must come from that model (same weights sha256, features, word vectors):
-        :class:`ConfigMismatchError` otherwise. ``ann`` selects the faiss index (saved next to local
-        vectors and reused while the vectors do not change). ``cnn14_checkpoint`` is needed only for
-        :meth:`search_audio` with CNN14 features.
+        Args:
+            vectors_dir: what ``pipelines.embed`` wrote for one model (local or gs://).
+            model_dir: the trained model directory those vectors were made with.
+            splits: search only these splits (default: all).
+            word_vectors: word vectors to use instead of the recorded source (same identity).
+            device: torch device for encoding queries.
+            ann: the faiss index to build (saved next to local vectors, reused while they do
+                not change); None for exact search.
+            cnn14_checkpoint, cnn14_sha256: needed only for :meth:`search_audio` with CNN14
+                features.
+
+        Returns:
+            A ready :class:`Searcher`.
+
+        Raises:
+            ConfigMismatchError: the vectors come from another model (weights sha256, features
+                or word vectors differ).
+            SchemaError, CheckpointError: unreadable vectors or model directory.
         """
-        from atr_core.audio.cnn14 import resolve_device
         from atr_core.model import directory as model_io
+        from atr_core.runtime.device import resolve_device
 
         dev = resolve_device(device)
         config, meta = model_io.read_config(model_dir)

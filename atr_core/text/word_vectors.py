@@ -33,7 +33,8 @@ import numpy as np
 from gensim.models import KeyedVectors, Word2Vec
 
 from atr_core import __version__
-from atr_core.errors import InputError, SchemaError, WordVectorsError
+from atr_core.errors import InputError, WordVectorsError
+from atr_core.formats.sidecar import read_sidecar
 from atr_core.runtime.storage import fetch, is_remote, sha256_file
 
 MAX_WORDS = 20
@@ -164,20 +165,11 @@ class WordVectors:
     def load(cls, directory: str | os.PathLike) -> WordVectors:
         """Load vectors written by :meth:`save`; check the file against the recorded identity."""
         d = Path(directory)
-        meta_path = d / IDENTITY_FILE
-        try:
-            meta = json.loads(meta_path.read_text())
-        except FileNotFoundError as exc:
-            raise WordVectorsError(f"{meta_path}: missing; not a saved word-vectors directory") from exc
-        except (OSError, ValueError) as exc:
-            raise WordVectorsError(f"{meta_path}: unreadable: {exc}") from exc
-        if not isinstance(meta, dict) or meta.get("kind") != IDENTITY_KIND:
-            raise SchemaError(f"{meta_path}: not an atr word-vectors identity (kind={IDENTITY_KIND})")
-        if meta.get("schema_version") != IDENTITY_SCHEMA_VERSION:
-            raise SchemaError(
-                f"{meta_path}: schema_version {meta.get('schema_version')!r} is not supported; "
-                f"expected {IDENTITY_SCHEMA_VERSION}"
-            )
+        meta = read_sidecar(
+            str(d / IDENTITY_FILE), kind=IDENTITY_KIND, schema_version=IDENTITY_SCHEMA_VERSION,
+            what="word-vectors identity", missing=WordVectorsError,
+            missing_hint="not a saved word-vectors directory",
+        )
         identity = meta["identity"]
         kv = _read_word2vec(d / VECTORS_FILE, str(d / VECTORS_FILE), limit=None)
         actual = {"vocab_size": len(kv), "dim": int(kv.vector_size)}
@@ -208,9 +200,18 @@ def load_word_vectors(
 ) -> WordVectors:
     """Load a word2vec file (text or binary, optionally gzip), local, gs:// or https://.
 
-    The format is detected from the content. Remote files are fetched once into the cache and
-    checked against ``sha256`` when given. ``limit`` keeps only the first ``limit`` vectors.
-    ``train:DIM`` specs are not files: use :func:`train_word_vectors`.
+    Args:
+        spec: the file; its format is detected from the content.
+        sha256: the expected checksum (checked when given).
+        cache_dir: where remote files are fetched to, once (default: the atr cache).
+        limit: keep only the first ``limit`` vectors.
+
+    Returns:
+        The vectors with their identity (source, sha256, vocabulary size, dim).
+
+    Raises:
+        WordVectorsError: a missing, unreadable or mismatching file, or a ``train:DIM`` spec
+            (those are built by :func:`train_word_vectors`).
     """
     if train_dim(spec) is not None:
         raise WordVectorsError(

@@ -32,6 +32,7 @@ import torch
 
 from atr_core.errors import InputError, SchemaError
 from atr_core.formats.shards import ShardIdentity, check_consistent, iter_shard_tables, table_embeddings
+from atr_core.model.padding import pad_segments
 from atr_core.model.retrieval import DEFAULT_MAX_SEGMENTS
 
 log = logging.getLogger(__name__)
@@ -324,17 +325,10 @@ def collate(
     ``pad_to_cap=False`` only to the batch's longest clip (faster; the same embeddings whenever
     the model masks padding).
     """
-    dim = items[0][1].shape[1]
     length = max_segments if pad_to_cap else min(max_segments, max(len(it[1]) for it in items))
-    audio = np.zeros((len(items), length, dim), dtype=np.float16)
-    amask = np.zeros((len(items), length), dtype=np.float32)
-    caps, clip_of = [], []
-    for j, (_, seg, cap_ids) in enumerate(items):
-        n = min(len(seg), length)
-        audio[j, :n] = seg[:n]
-        amask[j, :n] = 1.0
-        caps.append(cap_ids)
-        clip_of.append(np.full(len(cap_ids), j, dtype=np.int64))
+    audio, amask = pad_segments([it[1] for it in items], length, dtype=np.float16)
+    caps = [it[2] for it in items]
+    clip_of = [np.full(len(cap_ids), j, dtype=np.int64) for j, cap_ids in enumerate(caps)]
     txt, tmask = text.gather(np.concatenate(caps))
     return Batch(
         torch.from_numpy(audio).float(), torch.from_numpy(amask), txt, tmask,

@@ -42,6 +42,7 @@ from tqdm import tqdm
 
 from atr_core.errors import AtrError, CheckpointError, ConfigMismatchError, OutputExistsError
 from atr_core.training.data import Batch, ClipSource
+from atr_core.training.losses import clip_averaged_similarity
 
 log = logging.getLogger(__name__)
 
@@ -325,22 +326,6 @@ def set_rng_state(state: Mapping) -> None:
 
 
 # --------------------------------------------------------------------------- one epoch
-
-
-def clip_averaged_similarity(sims: torch.Tensor, caption_clip: torch.Tensor, n_clips: int) -> torch.Tensor:
-    """Average caption-vs-clip similarities over each clip's own captions.
-
-    ``sims`` is (C, B): rows are captions, ``caption_clip[c]`` the clip of caption c. Returns
-    (B, B) whose (i, j) entry is the mean over clip i's captions of s(caption, clip j). Clips may
-    have different caption counts; with Q captions each in audio-major order this is the authors'
-    ``reshape(B, Q, B).mean(1)`` (reference section 5). Computed as a matmul with an averaging
-    matrix, which is deterministic and differentiable.
-    """
-    member = (caption_clip[None, :] == torch.arange(n_clips, device=sims.device)[:, None]).to(sims.dtype)
-    counts = member.sum(dim=1, keepdim=True)
-    if bool((counts == 0).any()):
-        raise ValueError("every clip of a batch needs at least one caption")
-    return (member / counts) @ sims
 
 
 def batch_loss(model, batch: Batch, loss_fn) -> torch.Tensor:

@@ -39,17 +39,37 @@ class MaxMarginRankingLoss(nn.Module):
         return total / (2 * n * (n - 1)) if self.reduction == "mean" else total / n
 
 
+def clip_averaged_similarity(sims: torch.Tensor, caption_clip: torch.Tensor, n_clips: int) -> torch.Tensor:
+    """Average caption-vs-clip similarities over each clip's own captions.
+
+    ``sims`` is (C, B): rows are captions, ``caption_clip[c]`` the clip of caption c. Returns
+    (B, B) whose (i, j) entry is the mean over clip i's captions of s(caption, clip j). Clips may
+    have different caption counts; with Q captions each in audio-major order this is the authors'
+    ``reshape(B, Q, B).mean(1)`` (reference section 5). Computed as a matmul with an averaging
+    matrix, which is deterministic and differentiable.
+    """
+    member = (caption_clip[None, :] == torch.arange(n_clips, device=sims.device)[:, None]).to(sims.dtype)
+    counts = member.sum(dim=1, keepdim=True)
+    if bool((counts == 0).any()):
+        raise ValueError("every clip of a batch needs at least one caption")
+    return (member / counts) @ sims
+
+
+
+
 def caption_averaged_similarity(
     text_emb: torch.Tensor, audio_emb: torch.Tensor, captions_per_clip: int
 ) -> torch.Tensor:
     """(B, B) similarities averaged over each clip's Q captions (reference 5, training).
 
     ``text_emb`` is (B*Q, E) in audio-major order (row j*Q + c = caption c of clip j);
-    entry (i, j) is the mean over clip i's captions of cos(caption, audio j).
+    entry (i, j) is the mean over clip i's captions of cos(caption, audio j): the authors'
+    ``reshape(B, Q, B).mean(1)``, i.e. :func:`clip_averaged_similarity` with Q captions per clip.
     """
     b, q = audio_emb.shape[0], captions_per_clip
     if q < 1 or text_emb.shape[0] != b * q:
         raise ValueError(
             f"text_emb has {text_emb.shape[0]} rows; expected {b} clips x {q} captions = {b * q}"
         )
-    return (text_emb @ audio_emb.T).reshape(b, q, b).mean(dim=1)
+    owner = torch.arange(b, device=text_emb.device).repeat_interleave(q)
+    return clip_averaged_similarity(text_emb @ audio_emb.T, owner, b)
