@@ -224,6 +224,17 @@ def test_vectors_equal_direct_model_application(one_model_run):
         assert audio.identity.model["feature"] == "lms"
 
 
+def test_a_rerun_writes_byte_identical_vector_files(one_model_run, tmp_path):
+    """Fixed batches (encoder and row groups): the same inputs give the same bytes, run after run."""
+    c, out = one_model_run
+    again = tmp_path / "again"
+    embed.run(embed_args(c, again))
+    files = sorted(p.relative_to(out) for p in out.rglob("*.parquet"))
+    assert files and files == sorted(p.relative_to(again) for p in again.rglob("*.parquet"))
+    for rel in files:
+        assert (out / rel).read_bytes() == (again / rel).read_bytes(), rel
+
+
 def _metrics_from_files(directory: Path) -> tuple[dict, np.ndarray, np.ndarray]:
     audio = read_vectors(str(directory), kind="audio")
     caps = read_vectors(str(directory), kind="caption")

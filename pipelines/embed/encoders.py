@@ -42,7 +42,9 @@ class EncoderHandler(ModelHandler[ExampleT, PredictionResult, LoadedEncoder]):
     """RunInference handler of one trained model directory; subclasses give ``load_args`` and ``encode``."""
 
     def __init__(self, model_dir: str, device: str = "auto", batch_size: int = 64):
-        super().__init__(min_batch_size=1, max_batch_size=batch_size)
+        # A fixed batch size (Beam's BatchElements otherwise adapts it to timing): the same inputs
+        # give the same batches, so vectors are byte-identical from run to run.
+        super().__init__(min_batch_size=batch_size, max_batch_size=batch_size)
         self._model_dir = model_dir
         self._device_name = device
 

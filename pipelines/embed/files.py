@@ -90,7 +90,8 @@ class WriteVectors(beam.PTransform):
         schema = self._schema
         return (
             pcoll
-            | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self._rows)
+            # fixed row groups (as extract's): the same vectors give the same file bytes
+            | "Batch" >> beam.BatchElements(min_batch_size=self._rows, max_batch_size=self._rows)
             | "ToTable" >> beam.Map(vectors_to_table, schema)
             | "Write"
             >> WriteParquetTables(

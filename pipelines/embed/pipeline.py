@@ -104,32 +104,20 @@ def build_pipeline(p: beam.Pipeline, plan: EmbedPlan) -> None:
         )
 
 
+#: name, counters namespace, options, parser, plan, graph, summary (make, write, print)
 JOB = BeamJob(
-    name="embed",
-    namespace=NS,
-    options=EmbedOptions,
-    build_parser=build_parser,
-    plan=plan_run,
-    build=build_pipeline,
-    summarize=make_summary,
-    write_summary=write_summary,
-    format_summary=format_summary,
-    unbalanced="counts do not balance",
+    "embed", NS, EmbedOptions, build_parser, plan_run, build_pipeline, make_summary, write_summary,
+    format_summary, unbalanced="counts do not balance",
 )
 
 
 def run(
     argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None = None, wait: bool = True
 ) -> PipelineResult:
-    """Build and run the embedding pipeline; print and write the summary.
+    """Build and run the embedding pipeline; print and write the summary (:func:`run_job`).
 
-    Args:
-        argv: command-line flags (EmbedOptions plus any Beam pipeline options); default ``sys.argv``.
-        test_pipeline: a pipeline to use instead of creating one (tests).
-        wait: wait for the job and write the summary; False submits and returns (Flex Template launch).
-
-    Returns:
-        The Beam ``PipelineResult``.
+    ``argv`` holds EmbedOptions and any Beam pipeline options; ``test_pipeline`` replaces the
+    pipeline (tests); ``wait=False`` submits and returns (Flex Template launch).
 
     Raises:
         AtrError: bad options or inputs (:func:`plan_run`), before any pipeline work.

@@ -94,32 +94,20 @@ def build_pipeline(p: beam.Pipeline, plan: Plan) -> None:
     )
 
 
+#: name, counters namespace, options, parser, plan, graph, summary (make, write, print)
 JOB = BeamJob(
-    name="extract",
-    namespace=NS,
-    options=ExtractOptions,
-    build_parser=build_parser,
-    plan=plan_run,
-    build=build_pipeline,
-    summarize=make_summary,
-    write_summary=write_summary,
-    format_summary=format_summary,
-    unbalanced="counts do not balance: inputs != clips_ok + clips_failed + skipped_existing",
+    "extract", NS, ExtractOptions, build_parser, plan_run, build_pipeline, make_summary, write_summary,
+    format_summary, unbalanced="counts do not balance: inputs != clips_ok + clips_failed + skipped_existing",
 )
 
 
 def run(
     argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None = None, wait: bool = True
 ) -> PipelineResult:
-    """Build and run the extraction pipeline; print and write the summary.
+    """Build and run the extraction pipeline; print and write the summary (:func:`run_job`).
 
-    Args:
-        argv: command-line flags (ExtractOptions plus any Beam pipeline options); default ``sys.argv``.
-        test_pipeline: a pipeline to use instead of creating one (tests).
-        wait: wait for the job and write the summary; False submits and returns (Flex Template launch).
-
-    Returns:
-        The Beam ``PipelineResult``.
+    ``argv`` holds ExtractOptions and any Beam pipeline options; ``test_pipeline`` replaces the
+    pipeline (tests); ``wait=False`` submits and returns (Flex Template launch).
 
     Raises:
         AtrError: bad options, checkpoint, inputs or output (see :func:`plan_run`), before any work.
