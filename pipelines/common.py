@@ -118,6 +118,25 @@ def exit_process(code: int) -> NoReturn:
     os._exit(code)
 
 
+TRUE_WORDS = ("true", "1", "yes")
+FALSE_WORDS = ("false", "0", "no")
+
+
+def parse_bool(text: str) -> bool:
+    """``true``/``false`` (also 1/0, yes/no; any case) as a bool; what Flex Templates pass."""
+    word = str(text).strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def parse_negated_bool(text: str) -> bool:
+    """``not parse_bool(text)``: the value of a ``--no_x=true|false`` switch's destination."""
+    return not parse_bool(text)
+
+
 class OptionGroup:
     """An argparse group that skips flags another PipelineOptions class already registered.
 
@@ -128,6 +147,18 @@ class OptionGroup:
 
     def __init__(self, group: argparse._ArgumentGroup):
         self._group = group
+
+    def add_flag(self, flag: str, help: str, dest: str | None = None, invert: bool = False) -> None:
+        """A boolean switch: ``--flag`` alone, or ``--flag=true|false`` as a Flex Template passes it.
+
+        ``invert=True`` makes a ``--no_x`` switch that stores False in ``dest`` when given (the
+        option is True by default).
+        """
+        on = not invert
+        self.add_argument(
+            flag, dest=dest, nargs="?", const=on, default=not on, metavar="true|false",
+            type=parse_bool if on else parse_negated_bool, help=help,
+        )
 
     def add_argument(self, *flags: str, **kwargs: Any) -> argparse.Action | None:
         if any(f in self._group._option_string_actions for f in flags):

@@ -69,9 +69,8 @@ class EmbedOptions(PipelineOptions):
             help="output directory (local or gs://): <output>/<model>/<split>/ vectors and report, "
             "<output>/<split>/ aggregate report with several models (required)",
         )
-        out.add_argument(
+        out.add_flag(
             "--overwrite",
-            action="store_true",
             help="replace vectors and reports already in --output (without it such an --output is refused)",
         )
         out.add_argument(

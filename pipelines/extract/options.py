@@ -68,9 +68,8 @@ class ExtractOptions(PipelineOptions):
             help="output directory (local or gs://) for segments-*.parquet, failures-*.jsonl and "
             "summary-<run>.json (required)",
         )
-        out.add_argument(
+        out.add_flag(
             "--incremental",
-            action="store_true",
             help="skip audio_ids already present in --output shards and write new shards under a "
             "run-specific name (without it, an --output that already holds shards is refused)",
         )
@@ -141,24 +140,23 @@ class ExtractOptions(PipelineOptions):
             help=f"clips longer than this are split into overlapping windows and stitched back exactly "
             f"(default {DEFAULT_MAX_WINDOW_S:g} s, at least 4.16 s); bounds memory for long files",
         )
-        run.add_argument(
+        run.add_flag(
             "--no_channels_last",
             dest="channels_last",
-            action="store_false",
+            invert=True,
             help="do not convert the CNN to channels_last memory format (on by default; faster on CPU)",
         )
-        run.add_argument(
+        run.add_flag(
             "--compile",
-            action="store_true",
             help="torch.compile the model (faster steady state, ~30 s compile per new input shape)",
         )
         run.add_argument(
             "--num_threads", type=int, default=0, help="torch intra-op threads per worker (0 = torch default)"
         )
-        run.add_argument(
+        run.add_flag(
             "--no_retain_memory",
             dest="retain_memory",
-            action="store_false",
+            invert=True,
             help="leave glibc malloc's defaults alone on CPU workers (by default freed memory is kept "
             "for reuse: ~10%% faster CNN14 batches, a few hundred MB more resident)",
         )
@@ -175,10 +173,10 @@ class ExtractOptions(PipelineOptions):
             help="files decoded ahead of the model while it runs (0 = the larger of 2 x --decode_threads "
             "and --batch_size); each holds its 32 kHz waveform until used (77 MB for 10 minutes)",
         )
-        run.add_argument(
+        run.add_flag(
             "--no_idle_decode",
             dest="idle_decode",
-            action="store_false",
+            invert=True,
             help="run the decode threads at normal priority (by default they run at idle priority on "
             "Linux, using only the CPU time the model leaves free, and are raised while waited on)",
         )
