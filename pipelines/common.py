@@ -40,6 +40,76 @@ class BeamJob:
     unbalanced: str = "counts do not balance"
 
 
+DATAFLOW = "DataflowRunner"
+
+
+def is_dataflow(options: Any) -> bool:
+    """True when ``options`` name the DataflowRunner (by name or class path)."""
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    runner = options.view_as(StandardOptions).runner
+    name = runner if isinstance(runner, str) else type(runner).__name__ if runner else ""
+    return name.rsplit(".", 1)[-1] == DATAFLOW
+
+
+def check_runner(options: Any) -> None:
+    """Refuse a Dataflow launch that cannot work, with one line, before any work.
+
+    Raises:
+        InputError: DataflowRunner without the ``gcp`` extra, or without a gs:// temp location,
+            a project or a region.
+    """
+    from apache_beam.options.pipeline_options import GoogleCloudOptions
+
+    from atr_core.errors import InputError
+
+    if not is_dataflow(options):
+        return
+    try:
+        import apache_beam.runners.dataflow.internal.apiclient  # noqa: F401
+    except ImportError as exc:
+        raise InputError(
+            f"--runner={DATAFLOW} needs the gcp extra (pip install -e '.[gcp]'): {exc}"
+        ) from exc
+    gcp = options.view_as(GoogleCloudOptions)
+    temp = gcp.temp_location or gcp.staging_location
+    if not temp or not temp.startswith("gs://"):
+        raise InputError(f"--runner={DATAFLOW} needs --temp_location=gs://BUCKET/tmp, got {temp!r}")
+    for flag, value in (("project", gcp.project), ("region", gcp.region)):
+        if not value:
+            raise InputError(f"--runner={DATAFLOW} needs --{flag}")
+
+
+#: Dataflow experiment: one SDK harness process per worker VM, so one model per GPU
+ONE_PROCESS_PER_GPU = "no_use_multiple_sdk_containers"
+
+
+def check_device(options: Any, device: str) -> None:
+    """``--device cuda``: locally, CUDA must be visible now; on Dataflow, one SDK process per GPU.
+
+    The launcher of a Dataflow job has no GPU, so there the workers fail at model loading (before
+    any element) when their driver is missing; they never fall back to the CPU silently.
+
+    Raises:
+        InputError: a local run asks for CUDA where none is visible.
+    """
+    from apache_beam.options.pipeline_options import DebugOptions
+
+    from atr_core.runtime.device import resolve_device
+
+    if device != "cuda":
+        return
+    if not is_dataflow(options):
+        resolve_device("cuda")
+        return
+    debug = options.view_as(DebugOptions)
+    if not debug.lookup_experiment(ONE_PROCESS_PER_GPU):
+        # one model per GPU instead of one per SDK process (Dataflow's GPU guide)
+        debug.add_experiment(ONE_PROCESS_PER_GPU)
+        log = logging.getLogger(__name__)
+        log.info("--device cuda on Dataflow: added --experiments=%s", ONE_PROCESS_PER_GPU)
+
+
 def run_job(
     job: BeamJob, argv: Sequence[str] | None, test_pipeline: Any = None, wait: bool = True
 ) -> Any:
@@ -64,6 +134,7 @@ def run_job(
     argv = list(sys.argv[1:] if argv is None else argv)
     job.build_parser().parse_known_args(argv)  # --help, and argparse-level errors, before any work
     options = PipelineOptions(argv)
+    check_runner(options)
     plan = job.plan(options.view_as(job.options))
     pipeline = test_pipeline or beam.Pipeline(options=options)
     job.build(pipeline, plan)

@@ -191,19 +191,21 @@ def read_segments(pattern: str) -> Iterator[tuple[str, np.ndarray]]:
         yield from zip(ids, table_embeddings(table), strict=True)
 
 
+def read_shard_audio_ids(path: str) -> list[str]:
+    """The audio_ids of one shard file, in row order (identity validated, embeddings not read)."""
+    with open_uri(path) as f:
+        pf = pq.ParquetFile(f)
+        ShardIdentity.from_metadata(pf.schema_arrow.metadata, path)
+        return pf.read(columns=["audio_id"]).column("audio_id").to_pylist()
+
+
 def read_audio_ids(pattern: str) -> set[str]:
     """The audio_ids already present in the shards at ``pattern`` (empty if there are none)."""
     try:
         paths = list_shards(pattern)
     except SchemaError:
         return set()
-    ids: set[str] = set()
-    for path in paths:
-        with open_uri(path) as f:
-            pf = pq.ParquetFile(f)
-            ShardIdentity.from_metadata(pf.schema_arrow.metadata, path)
-            ids.update(pf.read(columns=["audio_id"]).column("audio_id").to_pylist())
-    return ids
+    return {aid for path in paths for aid in read_shard_audio_ids(path)}
 
 
 def check_consistent(identities: Iterable[tuple[str, ShardIdentity]]) -> ShardIdentity:

@@ -65,3 +65,27 @@ def check_model_against_shards(directory: str, config: Any, shards_identity: Any
             + "; ".join(problems)
             + " (the model was trained on other features)"
         )
+
+
+def check_word_vectors_header(directory: str, recorded: dict[str, Any], spec: str) -> None:
+    """``spec``'s vocabulary size and dim (its first line only) against a model's recorded vectors.
+
+    The cheap launcher-side check of ``--word2vec``; the workers that load the vectors check the
+    full identity (sha256) before encoding anything.
+
+    Raises:
+        ConfigMismatchError: another vocabulary size (after the recorded ``limit``) or dim.
+        WordVectorsError: not a readable word2vec file.
+    """
+    from atr_core.text.word_vectors import read_header
+
+    vocab, dim = read_header(spec)
+    limit = recorded.get("limit")
+    vocab = min(vocab, limit) if limit else vocab
+    for key, got in (("vocab_size", vocab), ("dim", dim)):
+        want = recorded.get(key)
+        if want is not None and got != want:
+            raise ConfigMismatchError(
+                f"{directory}: word vectors {spec!r} have {key}={got}, but the model was trained with "
+                f"{key}={want} (source {recorded.get('source')!r})"
+            )

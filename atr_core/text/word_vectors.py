@@ -35,7 +35,7 @@ from gensim.models import KeyedVectors, Word2Vec
 from atr_core import __version__
 from atr_core.errors import InputError, WordVectorsError
 from atr_core.formats.sidecar import read_sidecar
-from atr_core.runtime.storage import fetch, is_remote, sha256_file
+from atr_core.runtime.storage import fetch, is_remote, open_uri, sha256_file
 
 MAX_WORDS = 20
 UNKNOWN_VOCAB_WORDS = 50_000
@@ -229,6 +229,38 @@ def load_word_vectors(
     source = spec if is_remote(spec) else str(Path(spec).expanduser().resolve())
     kv = _read_word2vec(path, spec, limit=limit)
     return WordVectors(kv, {"source": source, "sha256": digest, "limit": limit})
+
+
+def read_header(spec: str) -> tuple[int, int]:
+    """``(vocab_size, dim)`` from the first line of a word2vec file (or a saved vectors directory).
+
+    Reads a few bytes only (a remote file is not downloaded), so a launcher can check a 3.6 GB
+    file against a model's recorded identity without loading it.
+
+    Raises:
+        WordVectorsError: missing, unreadable, or not a word2vec file.
+    """
+    local = Path(spec).expanduser()
+    if not is_remote(spec) and (local / IDENTITY_FILE).is_file():
+        meta = read_sidecar(
+            str(local / IDENTITY_FILE), kind=IDENTITY_KIND, schema_version=IDENTITY_SCHEMA_VERSION,
+            what="word-vectors identity", missing=WordVectorsError,
+            missing_hint="not a saved word-vectors directory",
+        )
+        return int(meta["identity"]["vocab_size"]), int(meta["identity"]["dim"])
+    try:
+        with open_uri(spec) as raw:
+            start = raw.read(2)
+        with open_uri(spec) as raw, (gzip.open(raw, "rb") if start == b"\x1f\x8b" else raw) as f:
+            header = f.readline(256)
+    except (OSError, EOFError, ValueError) as exc:
+        raise WordVectorsError(f"{spec}: unreadable word2vec file: {exc}") from exc
+    fields = header.split()
+    if len(fields) != 2 or not all(x.isdigit() for x in fields):
+        raise WordVectorsError(
+            f"{spec}: not a word2vec file: the first line must be '<vocab_size> <dim>', got {header[:60]!r}"
+        )
+    return int(fields[0]), int(fields[1])
 
 
 #: Fallback vectors: at least this many epochs, and enough for this many word occurrences.

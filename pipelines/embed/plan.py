@@ -12,10 +12,11 @@ from apache_beam.io.filesystems import FileSystems
 from atr_core.errors import InputError, OutputExistsError
 from atr_core.formats import manifest, vectors
 from atr_core.formats.manifest import ClipEntry
-from atr_core.model.compat import check_model_against_shards, model_names
+from atr_core.model.compat import check_model_against_shards, check_word_vectors_header, model_names
 from atr_core.runtime.checks import check_at_least_one
 from atr_core.runtime.storage import join_uri
 from atr_core.training.data import JoinReport, ShardIndex, join_captions, scan_shards
+from pipelines.common import check_device
 from pipelines.embed.options import EmbedOptions
 
 LOG = logging.getLogger(__name__)
@@ -121,6 +122,7 @@ def plan_run(opts: EmbedOptions) -> EmbedPlan:
         if not getattr(opts, flag):
             raise InputError(f"--{flag} is required (see --help)")
     check_at_least_one(opts, ("batch_size", "block_size", "rows_per_row_group"))
+    check_device(opts, opts.device)
     if opts.examples < 0:
         raise InputError(f"--examples must be >= 0, got {opts.examples}")
 
@@ -204,13 +206,11 @@ def plan_run(opts: EmbedOptions) -> EmbedPlan:
             f"{plan.output}: already holds {len(existing)} output file(s) (e.g. {existing[0]}); "
             "pass --overwrite to replace them or choose another --output"
         )
-    # Word vectors last (slow for GoogleNews): once per distinct recorded identity; a mismatch with
-    # the model raises ConfigMismatchError.
-    checked: list[dict] = []
-    for directory, _, config, _ in configs:
-        if config.word_vectors not in checked:
-            model_io.load_model(directory, word_vectors=opts.word2vec, device="cpu")
-            checked.append(config.word_vectors)
+    # Word vectors are loaded by the text workers (3.6 GB for GoogleNews: never on the launcher),
+    # which check their full identity first; here only --word2vec's first line, against each model.
+    if opts.word2vec:
+        for directory, _, config, _ in configs:
+            check_word_vectors_header(directory, config.word_vectors, opts.word2vec)
     if existing:
         FileSystems.delete(existing)
     return plan

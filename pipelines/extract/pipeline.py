@@ -12,7 +12,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from apache_beam.runners.runner import PipelineResult
 
 from atr_core.audio.decode import TARGET_SR
-from atr_core.formats import manifest
+from atr_core.formats import manifest, shards
 from pipelines.common import BeamJob, run_job, with_default_runner
 from pipelines.extract.elements import FAILED, NS, SHARD_TEMPLATE
 from pipelines.extract.inference import SegmentModelHandler, Stitch, dlq_to_results
@@ -24,6 +24,7 @@ from pipelines.extract.transforms import (
     CountFailuresFn,
     DecodeFn,
     FilterInputs,
+    SpreadClips,
     WindowFn,
     WriteSegments,
 )
@@ -46,11 +47,20 @@ def read_inputs(p: beam.Pipeline, plan: Plan):
 def build_pipeline(p: beam.Pipeline, plan: Plan) -> None:
     """Apply every transform of the extraction job to ``p``."""
     o = plan.opts
+    existing = (
+        p
+        | "ExistingShards" >> beam.Create(list(plan.existing_shards))
+        | "ExistingIds" >> beam.FlatMap(lambda path: [(a, True) for a in shards.read_shard_audio_ids(path)])
+    )
     entries, dup_failures = read_inputs(p, plan) | "Dedupe" >> beam.ParDo(
-        FilterInputs(plan.duplicate_positions, plan.existing_ids)
+        FilterInputs(plan.duplicate_positions), existing=beam.pvalue.AsDict(existing)
     ).with_outputs(FAILED, main="ok")
     decode = DecodeFn(o.decode_threads, o.decode_ahead, o.batch_size, o.idle_decode)
-    clips, decode_failures = entries | "Decode" >> beam.ParDo(decode).with_outputs(FAILED, main="clips")
+    clips, decode_failures = (
+        entries
+        | "SpreadClips" >> SpreadClips()
+        | "Decode" >> beam.ParDo(decode).with_outputs(FAILED, main="clips")
+    )
     max_batch_samples = max(1, int(o.max_batch_audio_s * TARGET_SR))
     handler = KeyedModelHandler(
         SegmentModelHandler(

@@ -17,6 +17,7 @@ from atr_core.formats import manifest, shards
 from atr_core.formats.manifest import ClipEntry
 from atr_core.runtime.checks import check_at_least_one
 from atr_core.runtime.storage import absolute_uri, expand_glob
+from pipelines.common import check_device
 from pipelines.extract.options import ExtractOptions
 
 
@@ -32,7 +33,7 @@ class Plan:
     entries: list[ClipEntry] | None  # None for --input globs (matched on the workers)
     input_glob: str | None
     duplicate_positions: frozenset[int]
-    existing_ids: frozenset[str]
+    existing_shards: tuple[str, ...]  # shards already in --output (--incremental); read on workers
 
     @property
     def name_tag(self) -> str:
@@ -119,6 +120,7 @@ def plan_run(opts: ExtractOptions) -> Plan:
     if not opts.output:
         raise InputError("--output is required (a directory, local or gs://)")
     _check_numbers(opts)
+    check_device(opts, opts.device)
     checkpoint = _resolve_checkpoint(opts)  # first: a missing checkpoint fails before anything else
     identity = features.feature_identity(opts.features, checkpoint, dtype=opts.dtype)
     output = absolute_uri(opts.output).rstrip("/")
@@ -139,7 +141,6 @@ def plan_run(opts: ExtractOptions) -> Plan:
         if opts.split:
             manifest.infer_split(explicit=opts.split)  # validate early
         _check_glob(input_glob)
-    existing: frozenset[str] = frozenset()
     old = _existing_segment_shards(output)
     if old and not opts.incremental:
         raise OutputExistsError(
@@ -148,7 +149,6 @@ def plan_run(opts: ExtractOptions) -> Plan:
         )
     if old:
         _check_incremental_identity(old, identity)
-        existing = frozenset(shards.read_audio_ids(f"{output}/segments*.parquet"))
     return Plan(
         opts=opts,
         output=output,
@@ -158,5 +158,5 @@ def plan_run(opts: ExtractOptions) -> Plan:
         entries=entries,
         input_glob=input_glob,
         duplicate_positions=dups,
-        existing_ids=existing,
+        existing_shards=tuple(old),
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import os
+import zlib
 from collections.abc import Iterator
 from concurrent.futures import Future
 from typing import IO, Any
@@ -33,21 +34,24 @@ from pipelines.parquet_sink import WriteParquetTables
 
 
 class FilterInputs(beam.DoFn):
-    """Counts inputs; drops ids already extracted (--incremental); turns duplicates into failures."""
+    """Counts inputs; drops ids already extracted (--incremental); turns duplicates into failures.
 
-    def __init__(self, duplicate_positions: frozenset[int], existing_ids: frozenset[str]):
+    The ids already in --output come as a side input (``existing``: audio_id -> True), read from the
+    old shards on the workers, so the job graph does not grow with the corpus.
+    """
+
+    def __init__(self, duplicate_positions: frozenset[int]):
         self._dups = duplicate_positions
-        self._existing = existing_ids
 
     def setup(self) -> None:
         self._inputs = counter("inputs")
         self._skipped = counter("skipped_existing")
         self._duplicates = counter("duplicates")
 
-    def process(self, item: tuple[int, ClipEntry]) -> Iterator[Any]:
+    def process(self, item: tuple[int, ClipEntry], existing: dict[str, bool]) -> Iterator[Any]:
         pos, entry = item
         self._inputs.inc()
-        if entry.audio_id in self._existing:
+        if entry.audio_id in existing:
             self._skipped.inc()
             return
         if pos in self._dups:
@@ -56,6 +60,29 @@ class FilterInputs(beam.DoFn):
             yield failed(entry.audio_id, entry.uri, "manifest", "duplicate_audio_id", msg)
             return
         yield entry
+
+
+def spread_key(entry: ClipEntry, keys: int = 4096) -> int:
+    """A stable key in ``[0, keys)`` from the audio_id (same on every worker and every run)."""
+    return zlib.crc32(entry.audio_id.encode("utf-8")) % keys
+
+
+class SpreadClips(beam.PTransform):
+    """A fusion break after reading the inputs, so decoding and inference spread over all workers.
+
+    Without it Dataflow fuses read -> decode -> model into one stage behind the few elements of
+    ``Create``/``MatchFiles``: one worker thread, whatever the worker count. Like ``beam.Reshuffle``
+    (a GroupByKey), but keyed by a hash of the audio_id instead of a random key, so a local run
+    gives the same shards byte for byte every time.
+    """
+
+    def expand(self, pcoll):
+        return (
+            pcoll
+            | "KeyByClip" >> beam.Map(lambda e: (spread_key(e), e))
+            | "GroupByKey" >> beam.GroupByKey()
+            | "Ungroup" >> beam.FlatMap(lambda kv: kv[1])
+        )
 
 
 def _open(uri: str) -> IO[bytes]:
