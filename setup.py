@@ -45,6 +45,8 @@ setup(
         "gcp": ["apache-beam[gcp]>=2.77.0,<2.78", "gcsfs>=2026.10.1"],
         "ann": ["faiss-cpu>=1.15,<2"],
         "test": [
+            # the Dataflow dry-run tests translate jobs with the DataflowRunner (tests/test_dataflow_local.py)
+            "apache-beam[gcp]>=2.77.0,<2.78",
             "pytest>=9.2.0,<10",
             "pytest-timeout>=2.4",
             "ruff>=0.17",

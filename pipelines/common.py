@@ -128,7 +128,7 @@ def run_job(
         AtrError: bad options or inputs, found while planning, before any work.
     """
     import apache_beam as beam
-    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
 
     log = logging.getLogger(f"pipelines.{job.name}")  # the job's package logger
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -139,6 +139,9 @@ def run_job(
     pipeline = test_pipeline or beam.Pipeline(options=options)
     job.build(pipeline, plan)
     result = pipeline.run()
+    if options.view_as(TestOptions).dry_run:  # translated (result.job), nothing submitted or run
+        log.info("dry run: the job was translated, not submitted")
+        return result
     if not wait:
         return result
     state = result.wait_until_finish()

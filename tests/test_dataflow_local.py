@@ -112,3 +112,70 @@ def test_cuda_fails_locally_before_work_and_asks_dataflow_for_one_process_per_gp
     check_device(cpu, "cpu")
     assert not cpu.view_as(DebugOptions).lookup_experiment(ONE_PROCESS_PER_GPU)
     check_runner(local)  # local runs need nothing
+
+
+GPU = "worker_accelerator=type:nvidia-tesla-t4;count:1;install-nvidia-driver"
+IMAGE = "us-docker.pkg.dev/atr-test/atr/worker:test"
+DRY_RUN = [
+    *DATAFLOW, "--temp_location=gs://atr-test/tmp", "--dry_run=True", f"--sdk_container_image={IMAGE}",
+    f"--dataflow_service_options={GPU}", "--machine_type=n1-standard-8", "--device=cuda",
+]  # fmt: skip
+
+
+def _translated(result) -> tuple[list[str], object]:
+    """Transform names and the Dataflow environment of a dry-run job (built as a submission would)."""
+    from apache_beam.runners.dataflow.internal import apiclient
+
+    job = result.job
+    env = apiclient.Environment([], job.options, "8", "gs://atr-test/tmp/pipeline.pb", job.proto_pipeline)
+    return [t.unique_name for t in job.proto_pipeline.components.transforms.values()], env.proto
+
+
+def _assert_gpu_environment(env) -> None:
+    assert GPU in list(env.service_options)
+    assert ONE_PROCESS_PER_GPU in list(env.experiments)
+    (pool,) = env.worker_pools
+    assert pool.machine_type == "n1-standard-8"
+    assert [c.container_image for c in pool.sdk_harness_container_images] == [IMAGE]
+
+
+def test_extract_dry_run_on_dataflow_translates_without_network(tmp_path):
+    audio = _audio(tmp_path, 2)
+    result = extract.run([f"--input={audio}/*.wav", f"--output={tmp_path}/out", "--features=lms", *DRY_RUN])
+    names, env = _translated(result)
+    assert {"SpreadClips/GroupByKey", "Decode/ParDo(DecodeFn)", "ExistingIds"} <= set(names)
+    _assert_gpu_environment(env)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_embed_dry_run_on_dataflow_translates_without_network(tmp_path):
+    from pipelines import embed
+    from tests.test_embed import embed_args, make_corpus
+
+    c = make_corpus(tmp_path)
+    argv = [a for a in embed_args(c, tmp_path / "out") if not a.startswith("--runner")]
+    names, env = _translated(embed.run([*argv, *DRY_RUN]))
+    assert any(n.startswith("val/") or "RunInference" in n for n in names), names[:20]
+    _assert_gpu_environment(env)
+
+
+def _rows(out: Path) -> dict[str, tuple]:
+    import pyarrow.parquet as pq
+
+    rows = {}
+    for path in sorted(out.glob("segments*.parquet")):
+        t = pq.read_table(path)
+        for r in t.to_pylist():
+            rows[r["audio_id"]] = (r["num_segments"], r["duration_s"], str(r["embedding"]))
+    return rows
+
+
+def test_multi_process_runner_gives_the_same_shards_as_in_process(tmp_path):
+    """Every DoFn pickles and runs in other processes, as on Dataflow workers; same rows result."""
+    audio = _audio(tmp_path, 4)
+    common = [f"--input={audio}/*.wav", "--features=lms", "--runner=FnApiRunner", "--num_threads=1"]
+    extract.run([*common, f"--output={tmp_path}/one"])
+    extract.run([*common, f"--output={tmp_path}/multi", "--direct_running_mode=multi_processing",
+                 "--direct_num_workers=2"])  # fmt: skip
+    one, multi = _rows(tmp_path / "one"), _rows(tmp_path / "multi")
+    assert len(one) == 4 and one == multi
